@@ -1,0 +1,1 @@
+"""Subcommands of ``tl-leadterm``; each module has ``register(subparsers)``."""

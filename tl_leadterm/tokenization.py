@@ -1,0 +1,224 @@
+"""Tokenizers: any Hugging Face tokenizer, a TransformerLens model's own, and the
+paper's word-level tokenizer.
+
+Every tokenizer is wrapped in a :class:`Tokenizer` with one small interface
+(``encode``, ``decode``, ``token_str``, ``eos_id``, ``vocab_size`` and an
+``identity`` used to check that a basis and a model speak the same vocabulary).
+
+The word-level tokenizer (``"words"``)
+--------------------------------------
+Text is lower-cased; every maximal run of letters ``a-z`` is one token and every
+other non-space character (digits, punctuation) is a token of its own.  The
+vocabulary is built from the corpus: ids 0 and 1 are ``<|endoftext|>`` and
+``<unk>``; then every token seen at least ``min_count`` times, most frequent
+first (ties broken alphabetically), until ``max_size`` entries in total.  A token
+that is not in the vocabulary (rarer, or unseen) encodes as ``<unk>``; the
+unknown token is data like any other and is counted in the statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import LeadTermError
+
+EOS_TEXT = "<|endoftext|>"
+UNK_TEXT = "<unk>"
+_WORD_RE = re.compile(r"[a-z]+|[^\sa-z]")
+
+
+def _fingerprint_vocab(vocab: dict[str, int]) -> str:
+    items = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
+    blob = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class Tokenizer:
+    """A tokenizer with the small interface the pipeline needs.
+
+    ``identity`` is a dict ``{"kind", "name", "fingerprint"}``; two tokenizers
+    with the same fingerprint map every token string to the same id.
+    """
+
+    kind: str
+    name: str
+    vocab_size: int
+    eos_id: int | None
+    _impl: Any = field(repr=False, default=None)
+    _fingerprint: str = ""
+    words: list[str] | None = field(repr=False, default=None)
+
+    # -- encoding -------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "words":
+            index = self._impl
+            unk = index[UNK_TEXT]
+            return [index.get(w, unk) for w in _WORD_RE.findall(text.lower())]
+        return list(self._impl.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self.kind == "words":
+            return " ".join(self.token_str(i) for i in ids)
+        return self._impl.decode(list(ids))
+
+    def token_str(self, token_id: int) -> str:
+        """The string of one token (``<id N>`` for ids the tokenizer does not know)."""
+        token_id = int(token_id)
+        if self.kind == "words":
+            if 0 <= token_id < len(self.words):
+                return self.words[token_id]
+            return f"<id {token_id}>"
+        try:
+            s = self._impl.decode([token_id])
+        except Exception:  # ids past the tokenizer (e.g. Pythia's padded rows)
+            return f"<id {token_id}>"
+        return s if s != "" else f"<id {token_id}>"
+
+    def token_strs(self, ids: Iterable[int]) -> list[str]:
+        return [self.token_str(i) for i in ids]
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "fingerprint": self._fingerprint}
+
+    def to_json(self) -> str:
+        """A JSON description from which :func:`tokenizer_from_json` rebuilds it.
+
+        Word tokenizers carry their whole vocabulary; Hugging Face tokenizers carry
+        their name (hub name or path) and fingerprint.
+        """
+        d: dict[str, Any] = dict(self.identity)
+        if self.kind == "words":
+            d["words"] = self.words
+        return json.dumps(d, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------
+# word-level tokenizer
+# ---------------------------------------------------------------------------
+def word_tokenizer_from_vocab(words: Sequence[str], name: str = "words") -> Tokenizer:
+    words = list(words)
+    if len(words) < 2 or words[0] != EOS_TEXT or words[1] != UNK_TEXT:
+        raise LeadTermError(
+            f"a word vocabulary must start with {EOS_TEXT!r} and {UNK_TEXT!r}; rebuild it with build_word_tokenizer"
+        )
+    index = {w: i for i, w in enumerate(words)}
+    if len(index) != len(words):
+        raise LeadTermError("the word vocabulary has duplicate entries; rebuild it with build_word_tokenizer")
+    return Tokenizer(
+        kind="words", name=name, vocab_size=len(words), eos_id=0, _impl=index,
+        _fingerprint=_fingerprint_vocab(index), words=words,
+    )
+
+
+def build_word_tokenizer(texts: Iterable[str], max_size: int | None = None, min_count: int = 1) -> Tokenizer:
+    """Build the paper's word-level tokenizer from documents (see module docstring)."""
+    if min_count < 1:
+        raise LeadTermError(f"min_count must be >= 1, got {min_count}")
+    if max_size is not None and max_size < 3:
+        raise LeadTermError(f"the word vocabulary needs room for at least one word besides the 2 specials; got max_size={max_size}")
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(_WORD_RE.findall(text.lower()))
+    ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    words = [EOS_TEXT, UNK_TEXT] + ranked
+    if max_size is not None:
+        words = words[:max_size]
+    return word_tokenizer_from_vocab(words)
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face tokenizers
+# ---------------------------------------------------------------------------
+def wrap_hf_tokenizer(tok: Any, name: str) -> Tokenizer:
+    """Wrap an already-loaded ``transformers`` tokenizer (e.g. ``model.tokenizer``)."""
+    vocab = tok.get_vocab()
+    eos = tok.eos_token_id
+    return Tokenizer(
+        kind="hf", name=str(name), vocab_size=len(tok), eos_id=None if eos is None else int(eos),
+        _impl=tok, _fingerprint=_fingerprint_vocab(vocab),
+    )
+
+
+def load_hf_tokenizer(spec: str) -> Tokenizer:
+    """Load a Hugging Face tokenizer from a hub name, a local directory or a ``tokenizer.json`` file."""
+    tried = []
+    p = Path(spec)
+    try:
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    except Exception as e:  # pragma: no cover - transformers comes with transformer-lens
+        raise LeadTermError(f"cannot import transformers to load tokenizer {spec!r}: {e}") from None
+    import logging
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if p.is_file():
+        tried.append(f"tokenizer.json file {p}")
+        try:
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+            vocab = tok.get_vocab()
+            if EOS_TEXT in vocab:
+                tok.eos_token = EOS_TEXT
+            if "<|padding|>" in vocab:
+                tok.pad_token = "<|padding|>"
+            return wrap_hf_tokenizer(tok, str(p.resolve()))
+        except Exception as e:
+            raise LeadTermError(f"could not read {p} as a Hugging Face tokenizer.json ({type(e).__name__}); give a tokenizer.json, a tokenizer directory or a hub name") from None
+    if p.is_dir():
+        tried.append(f"local directory {p}")
+        try:
+            return wrap_hf_tokenizer(AutoTokenizer.from_pretrained(str(p)), str(p.resolve()))
+        except Exception:
+            raise LeadTermError(f"directory {p} holds no loadable tokenizer (tried AutoTokenizer.from_pretrained); save one there with tokenizer.save_pretrained") from None
+    tried.append(f"local path {spec} (not found)")
+    tried.append(f"Hugging Face hub name {spec!r}")
+    try:
+        return wrap_hf_tokenizer(AutoTokenizer.from_pretrained(spec), spec)
+    except Exception as e:
+        reason = type(e).__name__
+        raise LeadTermError(
+            f"tokenizer {spec!r} not found (tried: {'; '.join(tried)}; hub: {reason}); "
+            "give 'words', a tokenizer.json file, a local tokenizer directory, or a reachable hub name"
+        ) from None
+
+
+def tokenizer_from_json(blob: str) -> Tokenizer:
+    """Rebuild a tokenizer from :meth:`Tokenizer.to_json` (word vocabularies are embedded)."""
+    d = json.loads(blob)
+    if d.get("kind") == "words":
+        return word_tokenizer_from_vocab(d["words"], name=d.get("name", "words"))
+    tok = load_hf_tokenizer(d["name"])
+    if d.get("fingerprint") and tok.identity["fingerprint"] != d["fingerprint"]:
+        raise LeadTermError(f"tokenizer {d['name']!r} no longer matches the one recorded (fingerprint differs)")
+    return tok
+
+
+def resolve_tokenizer(spec: Any, texts: Iterable[str] | None = None, *, max_size: int | None = None, min_count: int = 1) -> Tokenizer:
+    """Turn a tokenizer spec into a :class:`Tokenizer`.
+
+    ``spec`` may be a :class:`Tokenizer`; ``"words"`` (built from ``texts``); a hub
+    name, directory or ``tokenizer.json`` path; a ``transformers`` tokenizer object;
+    or a TransformerLens model (its ``.tokenizer`` is used).
+    """
+    if isinstance(spec, Tokenizer):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        s = str(spec)
+        if s == "words":
+            if texts is None:
+                raise LeadTermError("the 'words' tokenizer is built from the corpus text; give a text corpus (not a .npy file)")
+            return build_word_tokenizer(texts, max_size=max_size, min_count=min_count)
+        return load_hf_tokenizer(s)
+    inner = getattr(spec, "tokenizer", None)
+    if inner is not None and hasattr(inner, "get_vocab"):
+        name = getattr(getattr(spec, "cfg", None), "tokenizer_name", None) or getattr(inner, "name_or_path", "model")
+        return wrap_hf_tokenizer(inner, name)
+    if hasattr(spec, "get_vocab") and hasattr(spec, "encode"):
+        return wrap_hf_tokenizer(spec, getattr(spec, "name_or_path", "tokenizer"))
+    raise LeadTermError(f"cannot use {type(spec).__name__} as a tokenizer; give 'words', a tokenizer path or hub name, or a model with .tokenizer")
