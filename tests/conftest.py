@@ -18,3 +18,11 @@ def shared_data() -> Path:
     if not DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_pythia_dir(shared_data, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Pythia-architecture model (d_model 64, 4 heads, vocab 50304) with the Pythia tokenizer."""
+    from tl_leadterm.models import save_random_pythia
+
+    return save_random_pythia(tmp_path_factory.mktemp("tiny_pythia"), shared_data / "gpt-neox-20b-tokenizer.json")

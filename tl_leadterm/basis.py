@@ -83,7 +83,12 @@ ORIENTATION = {
     "bigram": ("current", "next"), "context": ("next", "context"), "interchange": ("next", "next"),
     "value": ("context", "current"), "value_output": ("context", "next"), "key_query": ("query", "key"),
 }
-_WORKING_MATRICES = 6  # peak number of dense W x W matrices alive at once (see _compositions)
+# Peak memory, measured (benchmarks/bench_basis.py): compositions() holds at most 3 dense W x W
+# working matrices (B̄, Φ̄ or Ḡ, M) while the output grows to 5 k x k blocks, plus the k x k
+# Q̄ accumulator of pass 2; chunk temporaries stay under _FIXED_BYTES.
+_WORKING_MATRICES = 3   # W x W
+_OUTPUT_MATRICES = 5    # k x k
+_FIXED_BYTES = 512 * 2**20
 
 
 # ---------------------------------------------------------------------------
@@ -128,10 +133,15 @@ class BasisSpec:
         return self.token_ids.numel()
 
 
-def estimate_bytes(working_size: int, dtype: torch.dtype = torch.float64) -> int:
-    """Peak memory of a basis computation with a ``working_size`` vocabulary."""
+def estimate_bytes(working_size: int, dtype: torch.dtype = torch.float64, k: int | None = None) -> int:
+    """Peak memory of a basis computation of ``k`` tokens (default: all) with a ``working_size`` vocabulary.
+
+    ``3 W² + 5 k²`` matrix entries plus 512 MB for chunk temporaries: with k = W that is
+    8 W², e.g. about 9.1 GB for merge-other at k = 16,384 in float32 (measured peak 8.6 GB).
+    """
     itemsize = torch.finfo(dtype).bits // 8
-    return _WORKING_MATRICES * working_size * working_size * itemsize + 512 * 2**20
+    k = working_size if k is None else k
+    return (_WORKING_MATRICES * working_size * working_size + _OUTPUT_MATRICES * k * k) * itemsize + _FIXED_BYTES
 
 
 def available_bytes(device: torch.device | str | None = None) -> int:
@@ -152,10 +162,20 @@ def _gb(b: float) -> str:
     return f"{b / 2**30:.1f} GB"
 
 
+def _largest_k(budget: int, dtype: torch.dtype) -> int:
+    """The largest k whose merge-other basis fits in ``budget`` bytes (0 if none)."""
+    itemsize = torch.finfo(dtype).bits // 8
+    entries = max(0, budget - _FIXED_BYTES) // itemsize
+    k = int(math.isqrt(entries // (_WORKING_MATRICES + _OUTPUT_MATRICES)))
+    while k > 0 and estimate_bytes(k + 1, dtype, k) > budget:
+        k -= 1
+    return k
+
+
 def choose_mode(vocab_size: int, k: int, mode: Mode, dtype: torch.dtype, device=None, budget: int | None = None) -> str:
     """Resolve ``auto``; refuse up front what was explicitly asked for and will not fit."""
     budget = available_bytes(device) if budget is None else budget
-    exact_need, merge_need = estimate_bytes(vocab_size, dtype), estimate_bytes(k + 1, dtype)
+    exact_need, merge_need = estimate_bytes(vocab_size, dtype, k), estimate_bytes(k + 1, dtype, k)
     dname = str(dtype).replace("torch.", "")
     if mode == "exact":
         require(exact_need <= budget,
@@ -163,9 +183,12 @@ def choose_mode(vocab_size: int, k: int, mode: Mode, dtype: torch.dtype, device=
                 "use --mode merge-other (or auto), --dtype float32, or a smaller vocabulary")
         return "exact"
     if mode == "merge-other" or (mode == "auto" and exact_need > budget):
-        require(merge_need <= budget,
+        if merge_need > budget:
+            fit = _largest_k(budget, dtype)
+            raise LeadTermError(
                 f"a basis of k={k} tokens needs about {_gb(merge_need)} in {dname} but {_gb(budget)} is available; "
-                "use a smaller --top-k or --dtype float32")
+                + (f"use --top-k {fit} or less" if fit >= 1 else "free some memory")
+                + (" or --dtype float32" if dtype == torch.float64 else ""))
         if mode == "auto":
             warnings.warn(
                 f"the exact basis over |V|={vocab_size} needs about {_gb(exact_need)} ({_gb(budget)} available): "
@@ -231,23 +254,31 @@ def _prepare(windows: Windows, spec: BasisSpec, device):
     return x, y, valid
 
 
+def _causal_pairs(T: int, device):
+    """The T(T+1)/2 causal (t, j) pairs with j <= t, row-major, as index vectors ``ti``, ``ji``."""
+    ti, ji = torch.tril_indices(T, T, device=device)
+    return ti, ji
+
+
 def first_pass(windows: Windows, spec: BasisSpec, *, dtype: torch.dtype = torch.float64, device=None,
                progress: bool = True, chunk_size: int | None = None) -> FirstPassStats:
-    """Pass 1: bigram counts and causal-context weights (see module docstring)."""
+    """Pass 1: bigram counts and causal-context weights (see module docstring).
+
+    Works on the T(T+1)/2 causal pairs of each window directly (no T x T masks);
+    padded positions get weight 0, so they add nothing.
+    """
     device = torch.device(device or "cpu")
     _check_windows(windows, spec)
     T, W = windows.seq_len, spec.W
     counts = torch.zeros(W * W, dtype=dtype, device=device)
     context = torch.zeros(W * W, dtype=dtype, device=device)
-    t = torch.arange(T, device=device)
-    tril = t[:, None] >= t[None, :]  # [t, j]: j <= t
-    inv = (1.0 / (t + 1).to(dtype))[:, None].expand(T, T)
+    ti, ji = _causal_pairs(T, device)
+    inv = 1.0 / (ti + 1).to(dtype)                                    # 1/(t+1) per pair
     for w in _iter_chunks(windows, chunk_size or _chunk_size(T), "basis pass 1/2", progress):
         x, y, valid = _prepare(w, spec, device)
-        counts.index_add_(0, (x * W + y)[valid], torch.ones((), dtype=dtype, device=device).expand(int(valid.sum())))
-        pair = tril[None] & valid[:, :, None]  # [c, t, j]
-        flat = y[:, :, None] * W + x[:, None, :]
-        context.index_add_(0, flat[pair], inv.expand_as(pair)[pair])
+        vf = valid.to(dtype)
+        counts.index_add_(0, (x * W + y).reshape(-1), vf.reshape(-1))
+        context.index_add_(0, (y[:, ti] * W + x[:, ji]).reshape(-1), (vf[:, ti] * inv).reshape(-1))
     return FirstPassStats(spec, T, counts.view(W, W), context.view(W, W), windows.n_positions)
 
 
@@ -263,38 +294,56 @@ class Compositions:
     checksum: tuple
 
 
-def compositions(stats: FirstPassStats) -> Compositions:
-    """B̄, Φ̄, ΣB̄, M, Ḡ from pass-1 statistics (k x k blocks) and the centred Ḡ for pass 2."""
+def compositions(stats: FirstPassStats, *, consume: bool = False) -> Compositions:
+    """B̄, Φ̄, ΣB̄, M, Ḡ from pass-1 statistics (k x k blocks) and the centred Ḡ for pass 2.
+
+    Memory: the working matrices are updated in place wherever possible; with
+    ``consume=True`` the pass-1 statistics themselves become B̄ and Φ̄ (and are
+    dropped from ``stats``), which saves two ``W x W`` matrices.
+    """
     spec, n, V = stats.spec, stats.n, spec_vocab(stats)
     require(n > 0, "the corpus has no data positions; give a larger corpus")
+    require(stats.counts is not None, "these pass-1 statistics were consumed by an earlier compositions() call; recompute them")
+    checksum = stats.checksum()
     C, S = stats.counts, stats.context
+    if consume:
+        stats.counts = stats.context = None
     dt, dev = C.dtype, C.device
     mult = spec.mult.to(dev, dt)
     msafe = mult.clamp(min=1)
     cx = C.sum(1)
     s = S.sum(0)
-    norm = n * msafe[:, None] * msafe[None, :]
-    # B̄ and Φ̄ as per-member (class-average) values; exact for real tokens
-    B = (C - cx[:, None] * mult[None, :] / V) / norm
-    Phi = (S - mult[:, None] * s[None, :] / V) / norm
+    # B̄ and Φ̄ as per-member (class-average) values; exact for real tokens:
+    # B̄ = (C - cx multᵀ/|V|) / (n msafe msafeᵀ),  Φ̄ = (S - mult sᵀ/|V|) / (n msafe msafeᵀ)
+    B = C.addr_(cx, mult, alpha=-1.0 / V) if consume else torch.addr(C, cx, mult, alpha=-1.0 / V)
+    B.div_(msafe[:, None] * n).div_(msafe[None, :])
+    Phi = S.addr_(mult, s, alpha=-1.0 / V) if consume else torch.addr(S, mult, s, alpha=-1.0 / V)
+    Phi.div_(msafe[:, None] * n).div_(msafe[None, :])
+    del C, S
+    k = spec.k
     sel = spec.sel.to(dev)
+    leading = bool(torch.equal(spec.sel, torch.arange(k)))  # the chosen tokens are working indices 0..k-1
 
     def block(A):
+        if leading:
+            return A[:k, :k].clone()
         return A.index_select(0, sel).index_select(1, sel)
 
     out = {"bigram": block(B), "context": block(Phi)}
-    DB = B * mult[:, None]
     # ΣB̄ = B̄ᵀ D B̄ is only needed on the chosen block: a W x k x k product
-    out["interchange"] = B.index_select(1, sel).T @ DB.index_select(1, sel)
-    del DB
-    M = (Phi * mult[:, None]).T @ B.T  # context x current
+    Bsel = B[:, :k] if leading else B.index_select(1, sel)
+    out["interchange"] = Bsel.T @ (Bsel * mult[:, None])
+    del Bsel
+    Phi.mul_(mult[:, None])
+    M = Phi.T @ B.T                    # M = Φ̄ᵀ D B̄ᵀ: context x current
     del Phi
     out["value"] = block(M)
-    G = (M * mult[None, :]) @ B        # context x next
+    M.mul_(mult[None, :])
+    G = M @ B                          # Ḡ = M D B̄: context x next
     del M, B
     out["value_output"] = block(G)
     G -= (G @ mult)[:, None] / V
-    return Compositions(spec, stats.seq_len, n, out, G, stats.checksum())
+    return Compositions(spec, stats.seq_len, n, out, G, checksum)
 
 
 def spec_vocab(stats) -> int:
@@ -331,26 +380,27 @@ def second_pass(windows: Windows, comp: Compositions, *, progress: bool = True, 
     Gc = comp.centred_value_output
     dev, dt = Gc.device, Gc.dtype
     T, W, k = windows.seq_len, spec.W, spec.k
-    kidx = spec.kidx.to(dev)
+    # pairs with a token outside the chosen k go to one dummy slot k*k, dropped at the end
+    kidx = spec.kidx.to(dev).clone()
+    outside = kidx < 0
+    kidx[outside] = k * k  # any index * k + index >= k*k  ->  clamped to the dummy slot below
     Gflat = Gc.reshape(-1)
-    Q = torch.zeros(k * k, dtype=dt, device=dev)
+    Q = torch.zeros(k * k + 1, dtype=dt, device=dev)
     p = torch.zeros(T, dtype=dt, device=dev)
-    t = torch.arange(T, device=dev)
-    tril = t[:, None] >= t[None, :]
-    cnt = (t + 1).to(dt)
-    delta = (t[:, None] - t[None, :])[tril]
+    ti, ji = _causal_pairs(T, dev)
+    cnt = (torch.arange(T, device=dev) + 1).to(dt)
+    inv = 1.0 / cnt[ti]
+    delta = ti - ji
     for w in _iter_chunks(windows, chunk_size or _chunk_size(T), "basis pass 2/2", progress):
         x, y, valid = _prepare(w, spec, dev)
-        pair = tril[None] & valid[:, :, None]                        # [c, t, j]
-        m = Gflat[x[:, None, :] * W + y[:, :, None]]                  # m[c, t, j] = Ḡc[x_j, y_t]
-        m = m * pair
-        mean = m.sum(-1) / cnt                                        # mean over j <= t
-        g = (m - mean[..., None]) / cnt[None, :, None] * pair         # softmax Jacobian at uniform attention
+        m = Gflat[x[:, ji] * W + y[:, ti]]                            # m[c, (t, j)] = Ḡc[x_j, y_t]
+        mean = torch.zeros(x.shape[0], T, dtype=dt, device=dev).index_add_(1, ti, m) / cnt   # mean over j <= t
+        g = (m - mean[:, ti]) * (valid[:, ti].to(dt) * inv)           # softmax Jacobian at uniform attention
         qi = kidx[x]
-        both = pair & (qi[:, :, None] >= 0) & (qi[:, None, :] >= 0)
-        Q.index_add_(0, (qi[:, :, None] * k + qi[:, None, :])[both], g[both])
-        p.index_add_(0, delta, g.sum(0)[tril])
-    return SecondPassStats(spec, T, Q.view(k, k), p, windows.n_positions, comp.checksum)
+        Q.index_add_(0, (qi[:, ti] * k + qi[:, ji]).clamp_(max=k * k).reshape(-1), g.reshape(-1))
+        p.index_add_(0, delta, g.sum(0))
+    Q = Q[: k * k].view(k, k)
+    return SecondPassStats(spec, T, Q, p, windows.n_positions, comp.checksum)
 
 
 def _check_windows(windows: Windows, spec: BasisSpec) -> None:
@@ -495,6 +545,16 @@ class Basis:
             V, T, n, k = (int(meta[key]) for key in ("vocab_size", "seq_len", "n_positions", "k"))
         except (KeyError, ValueError):
             raise LeadTermError(f"basis file {p} has missing or malformed metadata; rebuild it with 'tl-leadterm basis'") from None
+        require(V >= 2 and T >= 2 and n >= 1 and 1 <= k <= V,
+                f"basis file {p} has inconsistent metadata (vocab_size={V}, seq_len={T}, n_positions={n}, k={k}); rebuild it")
+        tok_json = meta.get("tokenizer") or None
+        if tok_json is not None:
+            try:
+                tok_meta = json.loads(tok_json)
+                ok = isinstance(tok_meta, dict) and tok_meta.get("kind") in ("words", "hf") and bool(tok_meta.get("name"))
+            except ValueError:
+                ok = False
+            require(ok, f"basis file {p} has a malformed tokenizer record; rebuild it with 'tl-leadterm basis'")
         ids = tensors["token_ids"]
         require(ids.dim() == 1 and ids.numel() == k and ids.dtype == torch.int64,
                 f"basis file {p}: token_ids do not match k={k}; rebuild it")
@@ -504,10 +564,13 @@ class Basis:
             require(tuple(tensors[name].shape) == (k, k), f"basis file {p}: {name} has shape {tuple(tensors[name].shape)}, expected ({k}, {k}); rebuild it")
         require(tuple(tensors["position"].shape) == (T,), f"basis file {p}: position has shape {tuple(tensors['position'].shape)}, expected ({T},); rebuild it")
         require(meta.get("mode") in ("exact", "merge-other"), f"basis file {p}: unknown mode {meta.get('mode')!r}; rebuild it")
+        dt = tensors["bigram"].dtype
         for name in MATRIX_NAMES + ("position",):
+            require(tensors[name].dtype == dt and dt in (torch.float64, torch.float32),
+                    f"basis file {p}: {name} has dtype {tensors[name].dtype}, expected float64 or float32 like bigram; rebuild it")
             require(bool(torch.isfinite(tensors[name]).all()), f"basis file {p}: {name} holds non-finite values; rebuild it")
         b = cls(**{name: tensors[name] for name in MATRIX_NAMES + ("position", "token_ids")},
-                vocab_size=V, seq_len=T, n_positions=n, mode=meta["mode"], tokenizer_json=meta.get("tokenizer") or None,
+                vocab_size=V, seq_len=T, n_positions=n, mode=meta["mode"], tokenizer_json=tok_json,
                 corpus_fingerprint=meta.get("corpus_fingerprint", ""), corpus_source=meta.get("corpus_source", ""),
                 version=meta.get("package_version", ""))
         return b.to(device) if device is not None else b
@@ -547,8 +610,9 @@ def top_k_tokens(windows: Windows, k: int) -> Int[Tensor, "k"]:
     require(isinstance(k, int) and k >= 1, f"--top-k must be a positive integer, got {k!r}")
     require(k <= V, f"--top-k {k} is larger than the vocabulary ({V} tokens); use --top-k {V} or less")
     freq = token_frequencies(windows)
-    order = sorted(range(V), key=lambda i: (-int(freq[i]), i)) if V <= 200_000 else None
-    return torch.tensor(order[:k], dtype=torch.long)
+    # a stable sort of -frequency keeps ties in ascending id order
+    order = torch.sort(-freq, stable=True).indices
+    return order[:k].clone()
 
 
 def validate_token_ids(ids, vocab_size: int, what: str = "--token-ids") -> Int[Tensor, "k"]:
@@ -584,9 +648,10 @@ def compute_basis(windows: Windows, *, top_k: int | None = None, token_ids=None,
     resolved = choose_mode(V, ids.numel(), mode, dtype, device)
     spec = BasisSpec(V, ids, resolved)
     s1 = first_pass(windows, spec, dtype=dtype, device=device, progress=progress, chunk_size=chunk_size)
-    comp = compositions(s1)
+    comp = compositions(s1, consume=True)
     del s1
     s2 = second_pass(windows, comp, progress=progress, chunk_size=chunk_size)
+    comp.centred_value_output = None  # W x W, no longer needed
     return assemble(comp, s2, windows)
 
 
@@ -626,7 +691,7 @@ def compute_basis_sharded(shards: Iterable[Windows] | Sequence[Windows], token_i
         s = first_pass(w, spec, dtype=dtype, device=device, progress=progress)
         first = s if first is None else first + s
     require(first is not None, "no shards given; give at least one shard of windows")
-    comp = compositions(first)
+    comp = compositions(first, consume=True)
     second = None
     for w in (shards_list if shards_list is not None else shards):
         s = second_pass(w, comp, progress=progress)

@@ -8,6 +8,7 @@ Sources (``load_corpus(source, ...)`` / ``--corpus SRC``):
   layout) and every file ends a document;
 * a ``.npy`` integer array of shape ``[n, T+1]``: already-tokenized windows
   (needs ``vocab_size``);
+* a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, read with ``datasets``;
 * anything else is a Hugging Face dataset read with
   ``datasets.load_dataset(name, split=..., streaming=True)`` — a hub name such
   as ``roneneldan/TinyStories`` or a local dataset directory (json/csv/parquet/
@@ -160,7 +161,10 @@ def _read_dataset(name: str, text_column: str, split: str, max_docs: int | None)
     datasets.logging.set_verbosity_error()
     local = Path(name)
     try:
-        if local.is_dir():
+        if local.is_file():  # one json/jsonl/csv/parquet file
+            ds = datasets.load_dataset(_DATASET_FILE_BUILDERS[local.suffix.lower()], data_files=str(local),
+                                       split=split, streaming=True)
+        elif local.is_dir():
             ds = datasets.load_dataset(str(local), split=split, streaming=True)
         else:
             ds = datasets.load_dataset(name, split=split, streaming=True)
@@ -199,9 +203,11 @@ def read_documents(source: str | os.PathLike, *, text_column: str = "text", spli
         docs = _read_dataset(s[3:], text_column, split, max_docs)
     else:
         p = Path(s)
-        if p.is_file() or (p.is_dir() and any(p.rglob("*.txt")) and not _looks_like_dataset_dir(p)):
+        if p.is_file() and p.suffix.lower() in _DATASET_FILE_BUILDERS:
+            docs = _read_dataset(s, text_column, split, max_docs)
+        elif p.is_file() or (p.is_dir() and any(p.rglob("*.txt")) and not _looks_like_dataset_dir(p)):
             docs = _read_text_path(p)
-        elif p.is_dir() or ("/" in s and not s.startswith((".", "/"))):
+        elif p.is_dir() or ("/" in s and not s.startswith((".", "/", "~")) and p.suffix.lower() not in _FILE_SUFFIXES):
             docs = _read_dataset(s, text_column, split, max_docs)
         else:
             raise LeadTermError(f"corpus {s!r} not found; give {DEFAULT_CORPUS_NAME}, a text file, a folder of .txt files, a .npy array, or a dataset name like roneneldan/TinyStories")
@@ -210,8 +216,12 @@ def read_documents(source: str | os.PathLike, *, text_column: str = "text", spli
     return docs
 
 
+_DATASET_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_FILE_SUFFIXES = {".txt", ".npy", *_DATASET_FILE_BUILDERS}
+
+
 def _looks_like_dataset_dir(p: Path) -> bool:
-    return any(p.rglob(pat) for pat in ("*.jsonl", "*.json", "*.parquet", "*.csv", "*.arrow"))
+    return any(next(p.rglob(pat), None) is not None for pat in ("*.jsonl", "*.json", "*.parquet", "*.csv", "*.arrow"))
 
 
 # ---------------------------------------------------------------------------
@@ -261,10 +271,10 @@ def validate_token_array(arr: np.ndarray, vocab_size: int | None, seq_len: int |
     if seq_len is not None:
         require(seq_len >= 2, f"--seq-len must be at least 2 (got {seq_len})")
         require(arr.shape[1] == seq_len + 1, f"--seq-len {seq_len} does not match {what} width {arr.shape[1]} (= T+1, so T = {arr.shape[1] - 1}); pass --seq-len {arr.shape[1] - 1}")
-    if arr.dtype.kind == "f":
-        require(bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr))), f"{what} holds non-integer values; token ids must be integers")
-    elif arr.dtype.kind not in "iub":
-        raise LeadTermError(f"{what} has dtype {arr.dtype}; token ids must be integers")
+    if arr.dtype.kind == "f" and not (bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))):
+        raise LeadTermError(f"{what} holds non-integer values (dtype {arr.dtype}); token ids must be integers: save an integer array (e.g. int64)")
+    if arr.dtype.kind not in "iu":
+        raise LeadTermError(f"{what} has dtype {arr.dtype}; token ids must be integers: save it with .astype(numpy.int64)")
     lo, hi = int(arr.min()), int(arr.max())
     require(lo >= 0, f"{what} holds a negative token id ({lo}); token ids must be in [0, vocab_size)")
     require(hi < vocab_size, f"{what} holds token id {hi} >= --vocab-size {vocab_size}; pass a larger --vocab-size")

@@ -71,8 +71,15 @@ def load_safetensors(path: str | os.PathLike, what: str) -> tuple[dict, dict[str
     from safetensors import safe_open
 
     p = Path(path)
+    if p.is_dir():
+        raise LeadTermError(f"{what} {p} is a folder, not a file; give the path of the .safetensors file")
     if not p.is_file():
         raise LeadTermError(f"{what} {p} not found; check the path")
+    try:
+        with open(p, "rb") as fh:
+            fh.read(8)
+    except OSError as e:
+        raise LeadTermError(f"cannot read {what} {p} ({e.strerror}); check its permissions") from None
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -80,6 +87,25 @@ def load_safetensors(path: str | os.PathLike, what: str) -> tuple[dict, dict[str
     except Exception as e:
         raise LeadTermError(f"{p} is not a readable {what} (safetensors: {type(e).__name__}); it may be truncated or another kind of file, so rebuild it") from None
     return tensors, meta
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Check, without creating anything, that folder ``path`` exists writable or can be created.
+
+    Used before the work starts so that a bad output path fails fast and a failing
+    command leaves nothing behind (the folder is created when the output is written).
+    """
+    p = Path(path) if str(path) else Path(".")
+    q = p
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    if not q.is_dir():
+        raise LeadTermError(f"cannot write to {p}: {q} is not a folder; choose a writable output path")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise LeadTermError(f"cannot write to {p}: {q} is not writable; choose a writable output path")
+    return p
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -158,6 +158,7 @@ def load_hf_tokenizer(spec: str) -> Tokenizer:
         raise LeadTermError(f"cannot import transformers to load tokenizer {spec!r}: {e}") from None
     import logging
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter before our one-line error
     if p.is_file():
         tried.append(f"tokenizer.json file {p}")
         try:
@@ -177,11 +178,17 @@ def load_hf_tokenizer(spec: str) -> Tokenizer:
         except Exception:
             raise LeadTermError(f"directory {p} holds no loadable tokenizer (tried AutoTokenizer.from_pretrained); save one there with tokenizer.save_pretrained") from None
     tried.append(f"local path {spec} (not found)")
+    if spec.endswith(".json") or spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec.strip():
+        raise LeadTermError(
+            f"tokenizer {spec!r} not found (tried: {'; '.join(tried)}; it is not a hub name); "
+            "check the path, or give 'words', a tokenizer.json file, a local tokenizer directory, or a hub name"
+        )
     tried.append(f"Hugging Face hub name {spec!r}")
     try:
         return wrap_hf_tokenizer(AutoTokenizer.from_pretrained(spec), spec)
     except Exception as e:
-        reason = type(e).__name__
+        offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        reason = "offline (HF_HUB_OFFLINE) and not in the local cache" if offline else type(e).__name__
         raise LeadTermError(
             f"tokenizer {spec!r} not found (tried: {'; '.join(tried)}; hub: {reason}); "
             "give 'words', a tokenizer.json file, a local tokenizer directory, or a reachable hub name"

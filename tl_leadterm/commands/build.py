@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from ..errors import LeadTermError, require
-from ..io import ensure_writable_dir, write_json_atomic
+from ..io import check_writable_dir, ensure_writable_dir, write_json_atomic
 from .common import add_corpus_args, corpus_from_args, device_arg, dtype_arg, read_token_ids_file
 
 
@@ -53,7 +54,7 @@ def run_basis(args) -> int:
 
     out = Path(args.out)
     require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
-    ensure_writable_dir(out.parent if str(out.parent) else ".")
+    check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
     token_ids = read_token_ids_file(args.token_ids) if args.token_ids else None
     windows = corpus_from_args(args)
@@ -68,8 +69,11 @@ def run_basis(args) -> int:
 def run_toy_train(args) -> int:
     from ..toy import ToyConfig, ToyTransformer, train_toy
 
-    out = ensure_writable_dir(args.out)
+    check_writable_dir(args.out)  # nothing is created until the inputs have been checked
     require(args.layers >= 1, f"--layers must be >= 1 (got {args.layers})")
+    require(args.steps >= 0, f"--steps must be >= 0 (got {args.steps})")
+    require(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number (got {args.lr})")
+    require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be >= 1 (got {args.batch_size})")
     require(args.log_every is None or args.log_every >= 1, f"--log-every must be >= 1 (got {args.log_every})")
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
     windows = corpus_from_args(args)
@@ -79,6 +83,7 @@ def run_toy_train(args) -> int:
     require(need <= available_bytes(device),
             f"a toy model with |V|={V} and {args.layers} layers needs about {need / 2**30:.1f} GB to train; "
             "use --word-vocab-size to shrink the vocabulary, fewer --layers, or --dtype float32")
+    out = ensure_writable_dir(args.out)
     model = ToyTransformer(ToyConfig(V, windows.seq_len, args.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
     callback = None
     monitor = None

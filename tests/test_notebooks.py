@@ -1,0 +1,46 @@
+"""The demo notebooks run top to bottom (small settings) with nbclient."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+DEMOS = Path(__file__).resolve().parents[1] / "demos"
+NOTEBOOKS = sorted(DEMOS.glob("*.ipynb"))
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NEEDS_DATA = {"pythia_analysis.ipynb"}  # the offline fallback needs the Pythia tokenizer file
+
+
+def test_notebooks_present():
+    assert {p.name for p in NOTEBOOKS} >= {"toy_model.ipynb", "pythia_analysis.ipynb", "training_monitor.ipynb"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    if path.name in NEEDS_DATA and not DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    nb = nbformat.read(str(path), as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    env = {"TL_LEADTERM_NB_SMALL": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TQDM_DISABLE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        # kernel "python3" resolves to the running interpreter (ipykernel's native kernel spec)
+        client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(DEMOS)}})
+        t0 = time.perf_counter()
+        client.execute()
+        elapsed = time.perf_counter() - t0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert elapsed < 120, f"{path.name} took {elapsed:.0f}s; keep notebooks small"

@@ -1,0 +1,108 @@
+"""``tl-leadterm analyze`` and ``tl-leadterm sweep``: compare models with a basis.
+
+Both write one tidy table (columns ``checkpoint, layer, head, site, measure, value,
+target, detail, extension``; see :mod:`tl_leadterm.compare`) as ``DIR/analysis.csv``
+and ``DIR/analysis.json`` (a list of records, NaN as null), atomically.  With
+``--heldout`` the causal check is added as ``DIR/causal.csv`` / ``DIR/causal.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from ..errors import require
+from ..io import ensure_writable_dir, write_json_atomic, write_text_atomic
+
+
+def register(sub) -> None:
+    a = sub.add_parser("analyze", help="compare a model's weights and representations with a basis (tidy CSV/JSON table)",
+                       description="Toy models (toy:PATH): least-squares projection of every weight on its leading term "
+                                   "(or a dictionary) and what lies beyond it. TransformerLens models (hub name or local "
+                                   "directory): THEORY.md §5 similarities per layer and head, plus token-space circuits.")
+    a.add_argument("--model", required=True, metavar="MODEL", help="hub name (e.g. EleutherAI/pythia-70m), local model directory, or toy:PATH")
+    a.add_argument("--revision", default=None, metavar="stepN", help="Pythia training checkpoint of a hub model (step0, step1, ..., step143000)")
+    _common(a)
+    a.add_argument("--heldout", default=None, metavar="SRC",
+                   help="held-out text (a .txt file/folder or .npy windows) for the causal check; tokenized with the model's tokenizer")
+    a.add_argument("--heldout-windows", type=int, default=32, metavar="N", help="use at most N held-out windows (default 32)")
+    a.add_argument("--seeds", type=int, default=5, metavar="N", help="random-direction seeds for the causal check (default 5)")
+    a.set_defaults(func=run_analyze)
+
+    s = sub.add_parser("sweep", help="analyse several checkpoints (Pythia revisions or local directories) into one table",
+                       description="Analyse a list of checkpoints in one call; results in one tidy table.")
+    s.add_argument("--model", default=None, metavar="NAME", help="hub name whose revisions are listed (not needed for local directories)")
+    s.add_argument("--checkpoints", required=True, metavar="LIST",
+                   help="comma-separated Pythia revisions (step0,step1,step2,step4,...,step143000), local model directories, or toy:PATH")
+    _common(s)
+    s.set_defaults(func=run_sweep)
+
+
+def _common(p) -> None:
+    p.add_argument("--basis", required=True, metavar="FILE", help="basis file from 'tl-leadterm basis' (built with the model's tokenizer)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (analysis.csv, analysis.json)")
+    p.add_argument("--dictionary", action="store_true", help="toy models: project on all basis matrices, transposes, identity and ones")
+    p.add_argument("--no-circuits", action="store_true", help="skip the token-space circuit extension")
+    p.add_argument("--backend", choices=("auto", "bridge", "hooked"), default="auto",
+                   help="TransformerLens API: bridge (TransformerBridge, TL 4.x), hooked (HookedTransformer); auto picks by installed version")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+
+
+def write_table(df, out: Path, stem: str) -> list[Path]:
+    """Write ``df`` as ``out/stem.csv`` and ``out/stem.json`` (records, NaN as null), atomically."""
+    write_text_atomic(out / f"{stem}.csv", df.to_csv(index=False))
+    records = []
+    for rec in df.to_dict(orient="records"):
+        records.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+    write_json_atomic(out / f"{stem}.json", records)
+    return [out / f"{stem}.csv", out / f"{stem}.json"]
+
+
+def _device(name):
+    from .common import device_arg
+    return device_arg(name)
+
+
+def run_analyze(args) -> int:
+    from ..basis import Basis
+    from ..compare import analyze_model, analyze_toy, causal_check
+    from ..models import load_model
+
+    out = ensure_writable_dir(args.out)
+    basis = Basis.load(args.basis)
+    t0 = time.perf_counter()
+    ad = load_model(args.model, revision=args.revision, backend=args.backend, device=_device(args.device))
+    ckpt = args.revision or ""
+    if ad.kind == "toy":
+        df = analyze_toy(ad, basis, dictionary=args.dictionary, checkpoint=ckpt)
+    else:
+        df = analyze_model(ad, basis, checkpoint=ckpt, circuits=not args.no_circuits)
+    files = write_table(df, out, "analysis")
+    if args.heldout:
+        from ..corpus import load_corpus
+        require(args.heldout_windows >= 1, f"--heldout-windows must be >= 1 (got {args.heldout_windows})")
+        require(ad.tokenizer is not None, "the model has no tokenizer to read --heldout text; give a .npy of token windows")
+        w = load_corpus(args.heldout, seq_len=basis.seq_len, tokenizer=ad.tokenizer, vocab_size=ad.d_vocab)
+        w = w[: args.heldout_windows]
+        cc = causal_check(ad, basis, w if ad.kind == "toy" else w.tokens, seeds=args.seeds, checkpoint=ckpt)
+        files += write_table(cc, out, "causal")
+    print(f"analyze: {ad.name} ({ad.kind}), k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
+          + ", ".join(str(f) for f in files))
+    return 0
+
+
+def run_sweep(args) -> int:
+    from ..basis import Basis
+    from ..compare import parse_checkpoints, sweep
+
+    out = ensure_writable_dir(args.out)
+    ckpts = parse_checkpoints(args.checkpoints)  # fail on unknown names before loading anything
+    basis = Basis.load(args.basis)
+    t0 = time.perf_counter()
+    df = sweep(args.model, ckpts, basis, backend=args.backend, device=_device(args.device),
+               circuits=not args.no_circuits, dictionary=args.dictionary)
+    files = write_table(df, out, "analysis")
+    print(f"sweep: {len(ckpts)} checkpoints, k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
+          + ", ".join(str(f) for f in files))
+    return 0
