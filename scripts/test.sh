@@ -21,6 +21,9 @@ fi
 setup_env .venv "transformer-lens>=4.3,<5"
 setup_env .venv-tl3 "transformer-lens==3.9.0"
 
+SHARED_DIR=${TL_LEADTERM_SHARED:-../shared}
+[ -d "$SHARED_DIR/data" ] || echo "note: $SHARED_DIR/data not found; tests that need the Pythia tokenizer or TinyStories will be skipped"
+
 echo "== TransformerLens 4.x (TransformerBridge)"
 .venv/bin/python -m pytest -q "$@"
 echo "== TransformerLens 3.9 (HookedTransformer)"

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# the shared data beside the repository (../shared); TL_LEADTERM_SHARED points elsewhere
+SHARED = Path(os.environ.get("TL_LEADTERM_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 DATA = SHARED / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,7 +17,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not DATA.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(f"{DATA} is not present (set TL_LEADTERM_SHARED to the shared folder)")
     return DATA
 
 

@@ -168,6 +168,19 @@ def test_choose_mode_refuses_a_k_that_will_not_fit():
     assert choose_mode(2_000, 2_000, "auto", torch.float64, budget=budget) == "exact"
 
 
+def test_auto_mode_avoids_hours_of_exact_products_but_exact_can_be_asked_for():
+    from tl_leadterm.basis import AUTO_EXACT_MAX_VOCAB, choose_mode
+
+    huge = 2**50  # memory is no object here: only the vocabulary size decides
+    cap = AUTO_EXACT_MAX_VOCAB["cpu"]
+    assert choose_mode(cap, 100, "auto", torch.float64, budget=huge) == "exact"
+    with pytest.warns(UserWarning, match="too slow on cpu"):
+        assert choose_mode(cap + 1, 100, "auto", torch.float64, budget=huge) == "merge-other"
+    assert choose_mode(cap + 1, cap + 1, "auto", torch.float64, budget=huge) == "exact"  # k = |V|: same thing
+    assert choose_mode(cap + 1, 100, "exact", torch.float64, budget=huge) == "exact"
+    assert choose_mode(cap + 1, 100, "auto", torch.float64, device="cuda", budget=huge) == "exact"
+
+
 # ---------------------------------------------------------------------------
 # tokenizers
 # ---------------------------------------------------------------------------

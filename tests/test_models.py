@@ -267,7 +267,7 @@ def test_cli_analyze_and_sweep(tiny_pythia_dir, pythia_basis, tmp_path, capsys):
     assert main(["analyze", "--model", str(tiny_pythia_dir), "--basis", str(bfile), "--out", str(out), "--no-circuits"]) == 0
     import pandas as pd
     df = pd.read_csv(out / "analysis.csv")
-    assert list(df.columns) == COLUMNS and set(df.site) == {"resid_pre", "resid_mid", "resid_post", "key_query"}
+    assert list(df.columns) == COLUMNS and set(df.site) == {"resid_pre", "resid_mid", "resid_post", "key_query", "key_query_resid"}
     recs = json.loads((out / "analysis.json").read_text())
     assert len(recs) == len(df) and recs[0]["head"] is None
     # a sweep over two local checkpoints (the second with another seed) into one table

@@ -295,3 +295,22 @@ def test_hf_trainer_callback(tiny_pythia_dir, pythia_basis, tmp_path):
     assert [r["step"] for r in recs] == [2, 4]
     assert recs[-1]["loss"] is not None and "qk.1.3" in recs[-1]["similarity"]
     assert mon._fh is None  # closed at the end of training
+
+
+def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basis):
+    """The monitor's qk.l / qk.l.h are analyze_model's key_query_resid rows (one definition, two paths)."""
+    from tl_leadterm.compare import analyze_model
+    from tl_leadterm.models import load_model
+
+    ad = load_model(str(tiny_pythia_dir))
+    rec = TrainingMonitor(ad.model, pythia_basis, every=1).log(1)
+    df = analyze_model(ad, pythia_basis, circuits=False, progress=False)
+    rows = df[(df.site == "key_query_resid") & (df.measure == "cov_cosine")]
+    assert len(rows) == ad.n_layers * (ad.n_heads + 1)
+    for r in rows.itertuples():
+        key = f"qk.{int(r.layer)}" if math.isnan(r.head) else f"qk.{int(r.layer)}.{int(r.head)}"
+        assert rec["similarity"][key] == pytest.approx(r.value, abs=1e-9)
+    # and the attention-input variant is a different number (LayerNorm matters)
+    kq = df[(df.site == "key_query") & (df.measure == "cov_cosine") & df["head"].isna()].value.to_numpy()
+    kr = rows[rows["head"].isna()].value.to_numpy()
+    assert abs(kq - kr).max() > 1e-6

@@ -85,7 +85,7 @@ def test_W_O_after_one_step_is_eta_bigram(corpus, full_basis):
     train_toy(model, corpus, lr=0.3, steps=1, progress=False)
     torch.testing.assert_close(model.W_O.detach(), 0.3 * full_basis.bigram, rtol=0, atol=1e-10)
     for l in range(2):  # nothing else moves in the first step
-        assert float(model.V(l).abs().max()) == 0 and float(model.W(l).abs().max()) == 0
+        assert float(model.V(l).detach().abs().max()) == 0 and float(model.W(l).detach().abs().max()) == 0
 
 
 def test_key_query_orientation_is_distinguished_from_transpose(trained, full_basis):

@@ -18,8 +18,34 @@ from .corpus import Windows, load_corpus, read_documents, windows_from_tokens  #
 from .tokenization import Tokenizer, build_word_tokenizer, resolve_tokenizer  # noqa: E402
 from .basis import Basis, compute_basis, compute_basis_sharded, leading_coefficient  # noqa: E402
 
+# Later stages import TransformerLens (slow); they load on first use: ``tl_leadterm.load_model`` etc.
+_LAZY = {
+    "ToyTransformer": "toy", "ToyConfig": "toy", "train_toy": "toy",
+    "ModelAdapter": "models", "load_model": "models", "adapt": "models",
+    "analyze_toy": "compare", "analyze_model": "compare", "sweep": "compare",
+    "causal_check": "compare", "quick_measures": "compare",
+    "compare_attention": "visual", "associations": "visual",
+    "build_report": "report", "Report": "report",
+    "TrainingMonitor": "monitor", "LeadTermTrainerCallback": "monitor", "read_records": "monitor",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tl_leadterm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "__version__", "LeadTermError", "Windows", "load_corpus", "read_documents", "windows_from_tokens",
     "Tokenizer", "build_word_tokenizer", "resolve_tokenizer", "Basis", "compute_basis",
-    "compute_basis_sharded", "leading_coefficient",
+    "compute_basis_sharded", "leading_coefficient", *_LAZY,
 ]

@@ -34,8 +34,11 @@ Modes
     over the vocabulary.  With ``k = |V|`` the class is empty and the two modes
     agree exactly.
 ``auto`` (default)
-    ``exact`` when its working matrices fit in memory, otherwise ``merge-other``
-    with a warning.
+    ``exact`` when its working matrices fit in memory and the vocabulary is at
+    most :data:`AUTO_EXACT_MAX_VOCAB` (8,192 on CPU, 65,536 on CUDA: beyond that
+    the dense ``|V|³`` products take hours on a CPU), otherwise ``merge-other``
+    with a warning that says why.  Ask for ``exact`` explicitly to lift the
+    vocabulary limit (memory is still checked up front).
 
 Algorithm
 ---------
@@ -172,17 +175,24 @@ def _largest_k(budget: int, dtype: torch.dtype) -> int:
     return k
 
 
+#: ``auto`` uses exact mode only up to this vocabulary size (per device type), for time.
+AUTO_EXACT_MAX_VOCAB = {"cpu": 8_192, "cuda": 65_536}
+
+
 def choose_mode(vocab_size: int, k: int, mode: Mode, dtype: torch.dtype, device=None, budget: int | None = None) -> str:
     """Resolve ``auto``; refuse up front what was explicitly asked for and will not fit."""
     budget = available_bytes(device) if budget is None else budget
     exact_need, merge_need = estimate_bytes(vocab_size, dtype, k), estimate_bytes(k + 1, dtype, k)
     dname = str(dtype).replace("torch.", "")
+    dev_type = torch.device(device).type if device is not None else "cpu"
+    vocab_cap = AUTO_EXACT_MAX_VOCAB.get(dev_type, AUTO_EXACT_MAX_VOCAB["cpu"])
+    too_slow = mode == "auto" and vocab_size > vocab_cap and k < vocab_size
     if mode == "exact":
         require(exact_need <= budget,
                 f"exact mode needs about {_gb(exact_need)} for |V|={vocab_size} in {dname} but {_gb(budget)} is available; "
                 "use --mode merge-other (or auto), --dtype float32, or a smaller vocabulary")
         return "exact"
-    if mode == "merge-other" or (mode == "auto" and exact_need > budget):
+    if mode == "merge-other" or (mode == "auto" and (exact_need > budget or too_slow)):
         if merge_need > budget:
             fit = _largest_k(budget, dtype)
             raise LeadTermError(
@@ -190,8 +200,10 @@ def choose_mode(vocab_size: int, k: int, mode: Mode, dtype: torch.dtype, device=
                 + (f"use --top-k {fit} or less" if fit >= 1 else "free some memory")
                 + (" or --dtype float32" if dtype == torch.float64 else ""))
         if mode == "auto":
+            why = (f"needs about {_gb(exact_need)} ({_gb(budget)} available)" if exact_need > budget else
+                   f"takes dense |V|^3 products, too slow on {dev_type} above |V|={vocab_cap:,} (ask for --mode exact to run it anyway)")
             warnings.warn(
-                f"the exact basis over |V|={vocab_size} needs about {_gb(exact_need)} ({_gb(budget)} available): "
+                f"the exact basis over |V|={vocab_size} {why}: "
                 f"using the merge-other approximation (tokens outside the {k} chosen share one class-average row); "
                 "the file records mode=merge-other", stacklevel=3)
         return "merge-other"

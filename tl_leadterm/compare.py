@@ -42,7 +42,10 @@ representations ``H`` (``k x d_model``) are read at ``resid_pre``, ``resid_mid``
 ``resid_post``; they are compared with ``M`` (target ``value``).  Key-query:
 ``S_h = (A W_Q^h)(A W_K^h)ᵀ`` per head and ``S̄ = mean_h S_h`` (site ``key_query``,
 head NaN) with ``A`` the attention input (``ln1.hook_normalized`` after LayerNorm
-folding = what W_Q multiplies); compared with Q̄ (target ``key_query``).
+folding = what W_Q multiplies); compared with Q̄ (target ``key_query``).  Site
+``key_query_resid`` is THEORY.md §5 to the letter, ``S_h = (H W_Q^h)(H W_K^h)ᵀ`` with
+``H = resid_pre`` and the weights as the adapter holds them (LayerNorm folded); it is
+what :class:`~tl_leadterm.monitor.TrainingMonitor` logs as ``qk.l`` / ``qk.l.h``.
 
 Two similarities of a model matrix ``X`` (``k x m``) with a theory matrix ``T`` (``k x k``).
 ``T`` is first row-normalised (each row divided by its norm; zero rows stay 0),
@@ -458,6 +461,8 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
         WQ, WK = ad.W_Q(l).double().cpu(), ad.W_K(l).double().cpu()
         A = reps["attn_in"][l].double().cpu()
         _heads(rows, checkpoint, l, "key_query", Family(A, A, tg.get("key_query"), False), WQ, WK, "key_query")
+        H = reps["resid_pre"][l].double().cpu()
+        _heads(rows, checkpoint, l, "key_query_resid", Family(H, H, tg.get("key_query"), False), WQ, WK, "key_query")
         if circuits:
             WV, WO = ad.W_V(l).double().cpu(), ad.W_O(l).double().cpu()
             WOt = WO.transpose(1, 2)

@@ -24,7 +24,8 @@ def register(sub) -> None:
     sel.add_argument("--token-ids", metavar="IDS.json", help="JSON list of token ids, in the order wanted")
     p.add_argument("--mode", choices=("auto", "exact", "merge-other"), default="auto",
                    help="exact: products over the full vocabulary; merge-other: tokens outside K share one class-average row "
-                        "(for large vocabularies); auto (default): exact when it fits in memory, else merge-other with a warning")
+                        "(for large vocabularies); auto (default): exact when it fits in memory and |V| <= 8192 (65536 on cuda), "
+                        "else merge-other with a warning")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="accumulation and output precision (default float64)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output basis file (written atomically)")
