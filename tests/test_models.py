@@ -329,3 +329,21 @@ def test_edit_hooks_change_exactly_the_head_projection(adapter, pythia_basis):
         expect[:, :, h] -= seen["x"] @ delta
         torch.testing.assert_close(seen["a"], expect, atol=1e-5, rtol=1e-4)
         assert edited != adapter.loss(toks)
+
+
+def test_sweep_prepares_the_basis_once_and_equals_single_analyses(tiny_pythia_dir, pythia_basis, tmp_path, monkeypatch):
+    """The O(k³) target preparation is shared by all checkpoints of a sweep; results equal one-by-one analyses."""
+    from tl_leadterm import compare
+    from tl_leadterm.compare import analyze_model, sweep
+
+    basis, _ = pythia_basis
+    second = save_random_pythia(tmp_path / "second", tiny_pythia_dir / "tokenizer.json", n_layers=2, d_model=32, seed=1)
+    single = [analyze_model(load_model(str(d)), basis, checkpoint=str(d), progress=False) for d in (tiny_pythia_dir, second)]
+    built = []
+    real_build = compare.Target.build.__func__
+    monkeypatch.setattr(compare.Target, "build", classmethod(lambda cls, T, name="": built.append(name) or real_build(cls, T, name)))
+    df = sweep(None, [str(tiny_pythia_dir), str(second)], basis, progress=False)
+    assert sorted(built) == sorted(set(built)) and set(built) == {"value", "key_query", "value_output", "bigram"}
+    import pandas as pd
+    ref = pd.concat(single, ignore_index=True)
+    assert list(df.site) == list(ref.site) and (df.value.fillna(0) - ref.value.fillna(0)).abs().max() < 1e-10

@@ -254,15 +254,16 @@ def frob_cosine_lowrank(L: Float[Tensor, "k r"], R: Float[Tensor, "k r"], T: Flo
 
 
 class Targets:
-    """Lazily prepared targets of one basis (cached per basis tensor)."""
+    """Lazily prepared targets of one basis (cached per basis tensor), on ``device``."""
 
-    def __init__(self, basis: Basis):
+    def __init__(self, basis: Basis, device: torch.device | str | None = None):
         self.basis = basis
+        self.device = torch.device(device or "cpu")
         self._cache: dict[str, Target] = {}
 
     def get(self, name: str) -> Target:
         if name not in self._cache:
-            self._cache[name] = Target.build(getattr(self.basis, name), name)
+            self._cache[name] = Target.build(getattr(self.basis, name).to(self.device), name)
         return self._cache[name]
 
 
@@ -438,33 +439,41 @@ def analyze_toy(model, basis: Basis, dictionary: bool = False, checkpoint: str =
 # real models
 # ---------------------------------------------------------------------------
 def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circuits: bool = True,
-                  progress: bool = True, batch_size: int = 1024) -> pd.DataFrame:
-    """THEORY.md §5 per layer and head, plus the token-space circuits extension (module docstring)."""
+                  progress: bool = True, batch_size: int = 1024, device: str | torch.device | None = None,
+                  targets: "Targets | None" = None) -> pd.DataFrame:
+    """THEORY.md §5 per layer and head, plus the token-space circuits extension (module docstring).
+
+    The algebra runs in float64 on ``device`` (default: the model's device, so a model
+    on CUDA is analysed on CUDA).  ``targets`` (``Targets(basis, device)``) may be shared
+    between calls: its O(k³) preparation is then done once (``sweep`` does this).
+    """
     ad = adapt(adapter_or_model)
     ad.check_finite()
     check_compatible(ad, basis)
     checkpoint = checkpoint or ad.checkpoint
-    tg = Targets(basis)
+    dev = torch.device(device) if device is not None else torch.device(ad.device)
+    tg = targets if targets is not None and targets.basis is basis and targets.device == dev else Targets(basis, dev)
     reps = ad.token_representations(basis.token_ids, batch_size=batch_size)
     rows: list[dict] = []
-    ids = basis.token_ids.cpu()
+    ids = basis.token_ids.to(dev)
+    f64 = lambda x: x.detach().to(dev, torch.float64)  # noqa: E731
     if circuits:
-        E = ad.W_E.double().cpu()[ids]
-        Ut = ad.W_U.double().cpu()[:, ids].T
+        E = f64(ad.W_E)[ids]
+        Ut = f64(ad.W_U)[:, ids].T
         fam = {"circuit_qk": Family(E, E, tg.get("key_query"), True),
                "circuit_ov": Family(E, Ut, tg.get("value_output"), True),
                "circuit_ov_embed": Family(E, E, tg.get("value"), True)}
     bar = tqdm(total=ad.n_layers, desc=f"analyse {checkpoint or ad.name}", disable=not progress, leave=False)
     for l in range(ad.n_layers):
         for site in ("resid_pre", "resid_mid", "resid_post"):
-            _emit_sims(rows, checkpoint, l, None, site, similarities(reps[site][l].cpu(), None, tg.get("value")), "value")
-        WQ, WK = ad.W_Q(l).double().cpu(), ad.W_K(l).double().cpu()
-        A = reps["attn_in"][l].double().cpu()
+            _emit_sims(rows, checkpoint, l, None, site, similarities(f64(reps[site][l]), None, tg.get("value")), "value")
+        WQ, WK = f64(ad.W_Q(l)), f64(ad.W_K(l))
+        A = f64(reps["attn_in"][l])
         _heads(rows, checkpoint, l, "key_query", Family(A, A, tg.get("key_query"), False), WQ, WK, "key_query")
-        H = reps["resid_pre"][l].double().cpu()
+        H = f64(reps["resid_pre"][l])
         _heads(rows, checkpoint, l, "key_query_resid", Family(H, H, tg.get("key_query"), False), WQ, WK, "key_query")
         if circuits:
-            WV, WO = ad.W_V(l).double().cpu(), ad.W_O(l).double().cpu()
+            WV, WO = f64(ad.W_V(l)), f64(ad.W_O(l))
             WOt = WO.transpose(1, 2)
             _heads(rows, checkpoint, l, "circuit_qk", fam["circuit_qk"], WQ, WK, "key_query", True)
             _heads(rows, checkpoint, l, "circuit_ov", fam["circuit_ov"], WV, WOt, "value_output", True)
@@ -472,7 +481,7 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
         bar.update(1)
     bar.close()
     if circuits:
-        eye = torch.eye(ad.d_model, dtype=torch.float64)
+        eye = torch.eye(ad.d_model, dtype=torch.float64, device=dev)
         dp = Family(E, Ut, tg.get("bigram"), True).measure(eye, eye)
         _emit_sims(rows, checkpoint, None, None, "direct_path", dp, "bigram", True)
     return _frame(rows)
@@ -524,6 +533,7 @@ def sweep(model: str | None, checkpoints: Sequence[str] | str, basis: Basis, *, 
         if c in PYTHIA_REVISIONS:
             require(model, f"checkpoint {c} is a hub revision: give --model (a hub name such as EleutherAI/pythia-70m)")
     frames = []
+    targets = None  # prepared once for all checkpoints (O(k³) per basis tensor)
     for c in tqdm(ckpts, desc="checkpoints", disable=not progress):
         if c in PYTHIA_REVISIONS:
             ad = load_model(model, revision=c, backend=backend, device=device)
@@ -533,7 +543,9 @@ def sweep(model: str | None, checkpoints: Sequence[str] | str, basis: Basis, *, 
         if ad.kind == "toy":
             frames.append(analyze_toy(ad, basis, dictionary=dictionary, checkpoint=label))
         else:
-            frames.append(analyze_model(ad, basis, checkpoint=label, circuits=circuits, progress=progress))
+            if targets is None or targets.device != torch.device(ad.device):
+                targets = Targets(basis, ad.device)
+            frames.append(analyze_model(ad, basis, checkpoint=label, circuits=circuits, progress=progress, targets=targets))
         del ad
     return pd.concat(frames, ignore_index=True)
 
@@ -541,17 +553,19 @@ def sweep(model: str | None, checkpoints: Sequence[str] | str, basis: Basis, *, 
 # ---------------------------------------------------------------------------
 # cheap measures for monitors
 # ---------------------------------------------------------------------------
-_TARGET_CACHE: dict[int, tuple[Basis, Targets]] = {}
+_TARGET_CACHE: dict[tuple[int, str], tuple[Basis, Targets]] = {}
 
 
-def _targets_for(basis: Basis) -> Targets:
-    hit = _TARGET_CACHE.get(id(basis))
+def _targets_for(basis: Basis, device: torch.device | str | None = None) -> Targets:
+    """Prepared targets of ``basis`` on ``device``, cached for repeated monitor calls (small bases)."""
+    key = (id(basis), str(torch.device(device or "cpu")))
+    hit = _TARGET_CACHE.get(key)
     if hit is not None and hit[0] is basis:
         return hit[1]
     if len(_TARGET_CACHE) > 8:
         _TARGET_CACHE.clear()
-    tg = Targets(basis)
-    _TARGET_CACHE[id(basis)] = (basis, tg)
+    tg = Targets(basis, device)
+    _TARGET_CACHE[key] = (basis, tg)
     return tg
 
 
