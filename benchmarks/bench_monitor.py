@@ -45,16 +45,21 @@ def bench_toy(steps: int, every: int, ab: bool, vocab: int = 500, max_docs: int 
         t0 = time.perf_counter()
         train_toy(model, w, lr=0.3, steps=steps, batch_size=32, progress=False, callback=mon.callback if mon else None)
         total = time.perf_counter() - t0
-        if mon:
-            mon.close()
-            res.update(total_s=total, monitor_s=mon.seconds, logged=len(mon.records),
-                       overhead=mon.seconds / (total - mon.seconds))
-        else:
-            res["no_monitor_s"] = total
+        _record(res, total, mon)
     if ab:
         res["wallclock_ratio"] = res["total_s"] / res["no_monitor_s"] - 1
     res["config"] = f"toy L=3 |V|={w.vocab_size} T=32 batch=32 float32, {steps} steps, basis k={basis.k}"
     return res
+
+
+def _record(res: dict, total: float, mon) -> None:
+    """One timed loop's figures: with a monitor, its share of the training time; without, the plain time."""
+    if mon:
+        mon.close()
+        res.update(total_s=total, monitor_s=mon.seconds, logged=len(mon.records),
+                   overhead=mon.seconds / (total - mon.seconds))
+    else:
+        res["no_monitor_s"] = total
 
 
 def bench_pythia(steps: int, every: int, ab: bool, top_k: int) -> dict:
@@ -82,12 +87,7 @@ def bench_pythia(steps: int, every: int, ab: bool, top_k: int) -> dict:
             if mon:
                 mon.callback(step, model, loss.detach())
         total = time.perf_counter() - t0
-        if mon:
-            mon.close()
-            res.update(total_s=total, monitor_s=mon.seconds, logged=len(mon.records),
-                       overhead=mon.seconds / (total - mon.seconds))
-        else:
-            res["no_monitor_s"] = total
+        _record(res, total, mon)
     if ab:
         res["wallclock_ratio"] = res["total_s"] / res["no_monitor_s"] - 1
     res["config"] = f"GPT-NeoX (Pythia arch) L=2 d_model=64 4 heads vocab=50304, AdamW, batch 8x64, {steps} steps, basis top-{top_k}"

@@ -27,3 +27,14 @@ def tiny_pythia_dir(shared_data, tmp_path_factory) -> Path:
     from tl_leadterm.models import save_random_pythia
 
     return save_random_pythia(tmp_path_factory.mktemp("tiny_pythia"), shared_data / "gpt-neox-20b-tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matrices: one thread is faster and kinder to a shared CPU (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 
 
+def fro_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frobenius cosine <a, b> / (|a| |b|), written out (the tests' yardstick)."""
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
 def direct_basis(tokens: torch.Tensor, lengths: torch.Tensor, V: int, dtype=torch.float64):
     """Full-vocabulary B̄, Φ̄, ΣB̄, M, Ḡ, Q̄, p̄ by the textbook formulas."""
     N, T1 = tokens.shape

@@ -7,16 +7,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from reference import markov_tokens
+from reference import markov_tokens, fro_cos as cos
 from tl_leadterm import Basis, compute_basis, load_corpus
 from tl_leadterm.cli import main
 from tl_leadterm.toy import ToyTransformer
 
 V, T, N = 12, 9, 40
-
-
-def cos(a, b):
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def run(argv, capsys=None) -> str:

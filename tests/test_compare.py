@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from reference import markov_tokens
+from reference import markov_tokens, fro_cos
 from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.compare import (
@@ -18,22 +18,11 @@ from tl_leadterm.tokenization import build_word_tokenizer
 
 V, T, N = 12, 9, 40
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster and kinder to a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def fro_cos(a, b):
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 # ---------------------------------------------------------------------------

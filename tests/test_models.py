@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from reference import markov_tokens
+from reference import markov_tokens, fro_cos
 from tl_leadterm import LeadTermError, compute_basis, load_corpus, windows_from_tokens
 from tl_leadterm.cli import main
 from tl_leadterm.compare import (
@@ -25,18 +25,7 @@ from tl_leadterm.toy import ToyConfig, ToyTransformer
 
 TL_MAJOR = int(tl_version().split(".")[0])
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster and kinder to a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def fro_cos(a, b):
-    return float((a * b).sum() / (a.norm() * b.norm()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

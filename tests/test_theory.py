@@ -3,16 +3,12 @@
 import pytest
 import torch
 
-from reference import direct_basis, markov_tokens
+from reference import direct_basis, markov_tokens, fro_cos as cos
 from tl_leadterm import compute_basis, compute_basis_sharded, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.toy import ToyConfig, ToyTransformer, train_toy
 
 V, T, N = 12, 9, 40
-
-
-def cos(a, b):
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 @pytest.fixture(scope="module")
