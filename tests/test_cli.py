@@ -143,3 +143,37 @@ def test_help_lists_the_contract(capsys):
     text = capsys.readouterr().out
     for flag in ("--layers", "--lr", "--steps", "--full-batch", "--batch-size", "--dtype", "--seed", "--out"):
         assert flag in text
+
+
+def test_top_level_api_is_lazy_and_complete():
+    """``import tl_leadterm`` stays light (no TransformerLens); every later stage is reachable from it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tl_leadterm as t; assert 'transformer_lens' not in sys.modules, 'eager import'; "
+            "names = [n for n in t.__all__ if n not in vars(t)]; [getattr(t, n) for n in names]; "
+            "assert 'transformer_lens' in sys.modules; print(len(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) >= 15
+    import tl_leadterm
+    from tl_leadterm.monitor import TrainingMonitor
+    assert tl_leadterm.TrainingMonitor is TrainingMonitor
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tl_leadterm.nope
+
+
+def test_readme_python_example_runs_and_is_true(tmp_path):
+    """The README's first Python example runs as written, and its leading-term comparison holds."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Using it from Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    check = ("\nc = float((V0 * lead).sum() / (V0.norm() * lead.norm()))\n"
+             "assert c >= 0.9999, c\nassert tuple(cache['pattern', 0].shape) == (1, 1, 32, 32)\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", block + check], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reference import direct_basis, markov_tokens, fro_cos as cos
-from tl_leadterm import compute_basis, compute_basis_sharded, windows_from_tokens
+from tl_leadterm import LeadTermError, compute_basis, compute_basis_sharded, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.toy import ToyConfig, ToyTransformer, train_toy
 
@@ -106,6 +106,22 @@ def test_sub_block_property(corpus, full_basis):
         torch.testing.assert_close(getattr(sub, name), getattr(full_basis, name)[ids][:, ids], rtol=1e-12, atol=1e-20)
     torch.testing.assert_close(sub.position, full_basis.position)
     assert sub.token_ids.tolist() == ids
+
+
+def test_sub_block_lines_weights_up_with_a_frequency_ordered_basis(trained, corpus):
+    """top_k orders tokens by frequency: sub_block() puts a full-vocabulary weight in that order."""
+    model, eta, steps = trained
+    by_freq = compute_basis(corpus, top_k=V, progress=False)
+    assert by_freq.token_ids.tolist() != list(range(V))  # the order differs from the ids here
+    for name, w in model.weights().items():
+        blk = by_freq.sub_block(w)
+        assert cos(blk, by_freq.leading_term(name, steps, eta)) >= 0.9999, name
+        if w.dim() == 2:
+            ids = by_freq.token_ids
+            assert torch.equal(blk, w.detach()[ids][:, ids])
+            assert cos(w.detach(), by_freq.leading_term(name, steps, eta)) < 0.9  # raw weight: wrong order
+    with pytest.raises(LeadTermError, match="sub_block"):
+        by_freq.sub_block(torch.zeros(V + 1, V + 1))
 
 
 def test_merge_other_agrees_with_exact_at_full_k(corpus, full_basis):

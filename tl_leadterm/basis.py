@@ -510,12 +510,31 @@ class Basis:
         kw = {name: getattr(self, name)[idx][:, idx] for name in MATRIX_NAMES}
         return _replace(self, **kw, token_ids=self.token_ids[idx].clone())
 
+    def sub_block(self, weight: Float[Tensor, "V V"] | Float[Tensor, "n_ctx"]) -> Tensor:
+        """The part of a full-vocabulary toy weight that this basis describes, in basis order.
+
+        A ``|V| x |V|`` matrix gives ``weight[token_ids][:, token_ids]`` (``k x k``, rows and
+        columns in the order of ``token_ids``, which for ``top_k`` is by frequency, not by id);
+        a position vector gives its first ``seq_len`` entries.  Compare it with
+        :meth:`leading_term`.
+        """
+        w = weight.detach()
+        if w.dim() == 1:
+            require(w.shape[0] >= self.seq_len, f"a position vector of length {w.shape[0]} is shorter than the basis' seq_len={self.seq_len}")
+            return w[: self.seq_len]
+        require(w.dim() == 2 and w.shape[0] == w.shape[1] == self.vocab_size,
+                f"sub_block() needs a |V| x |V| weight with |V|={self.vocab_size} (or a position vector), got shape {tuple(w.shape)}")
+        ids = self.token_ids.to(w.device)
+        return w.index_select(0, ids).index_select(1, ids)
+
     # -- leading terms -----------------------------------------------------
     def leading_term(self, weight: str, steps: int = 1, lr: float = 1.0) -> Tensor:
         """The leading term of a toy-model weight after ``steps`` GD steps of size ``lr``.
 
         ``weight`` is ``"W_O"``, ``"V"``, ``"W"`` or ``"P"`` (layer suffixes such as
-        ``"V.1"`` are accepted: every layer has the same leading term).
+        ``"V.1"`` are accepted: every layer has the same leading term).  Matrices are in
+        basis order (rows and columns follow ``token_ids``): compare them with
+        ``sub_block(model.V(l))`` and the like, not with the raw weight.
         """
         base = weight.split(".")[0]
         mat = {"W_O": self.bigram, "V": self.value, "W": self.key_query, "P": self.position}

@@ -194,8 +194,12 @@ class Target:
     def build(cls, T: Float[Tensor, "k k"], name: str = "") -> "Target":
         T = T.double()
         Tn = row_normalise(T)
-        c, d = centre_rows(Tn), centre_cols(Tn)
-        return cls(name, T, Tn, Tn.sum(0), float((c.T @ c).norm()), float((d.T @ d).norm()))
+        norms = []
+        for centre in (centre_rows, centre_cols):  # one k x k temporary pair at a time (k can be 50,304)
+            c = centre(Tn)
+            norms.append(float((c.T @ c).norm()))
+            del c
+        return cls(name, T, Tn, Tn.sum(0), *norms)
 
     def z(self, L: Float[Tensor, "k r"]) -> Float[Tensor, "k r"]:
         """``Tnᵀ L``, the one ``O(k² r)`` product a comparison needs (shareable across heads)."""

@@ -143,18 +143,12 @@ class _ToyProbe:
         require(basis.seq_len <= cfg.n_ctx,
                 f"the basis has seq_len={basis.seq_len} but the toy model's context is {cfg.n_ctx}; build the basis with --seq-len {cfg.n_ctx} or less")
         p = next(model.parameters())
-        self.ids = basis.token_ids.to(p.device)
-        self.T = basis.seq_len
+        self.basis = basis  # basis.sub_block(weight): the k x k block in basis order (P: first seq_len entries)
         self.n_layers = cfg.n_layers
         self.terms = {name: basis[TOY_WEIGHTS[name.split(".")[0]]].to(p.device, torch.float64)
                       for name in model.weights()}
         for name, t in self.terms.items():
             require(bool(torch.isfinite(t).all()), f"basis tensor for {name} holds non-finite values; rebuild the basis")
-
-    def block(self, name: str, w: Tensor) -> Tensor:
-        if name.startswith("P"):
-            return w[: self.T]
-        return w.index_select(0, self.ids).index_select(1, self.ids)
 
     @torch.no_grad()
     def measure(self, model, step: int | None, lr: float | None) -> dict[str, Any]:
@@ -162,7 +156,7 @@ class _ToyProbe:
         if lr is not None and step is not None:
             out["coefficient_ratio"] = {}
         for name, w in model.weights().items():
-            m = projection_measures(self.block(name, w), self.terms[name])
+            m = projection_measures(self.basis.sub_block(w), self.terms[name])
             for key in ("similarity", "explained", "residual_norm"):
                 out[key][name] = m[key]
             if "coefficient_ratio" in out:
