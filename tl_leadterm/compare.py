@@ -557,19 +557,18 @@ def sweep(model: str | None, checkpoints: Sequence[str] | str, basis: Basis, *, 
 # ---------------------------------------------------------------------------
 # cheap measures for monitors
 # ---------------------------------------------------------------------------
-_TARGET_CACHE: dict[tuple[int, str], tuple[Basis, Targets]] = {}
+_TARGET_CACHE: dict[int, tuple[Basis, Targets]] = {}
 
 
-def _targets_for(basis: Basis, device: torch.device | str | None = None) -> Targets:
-    """Prepared targets of ``basis`` on ``device``, cached for repeated monitor calls (small bases)."""
-    key = (id(basis), str(torch.device(device or "cpu")))
-    hit = _TARGET_CACHE.get(key)
+def _targets_for(basis: Basis) -> Targets:
+    """Prepared CPU targets of ``basis``, cached for repeated monitor calls (small bases)."""
+    hit = _TARGET_CACHE.get(id(basis))
     if hit is not None and hit[0] is basis:
         return hit[1]
     if len(_TARGET_CACHE) > 8:
         _TARGET_CACHE.clear()
-    tg = Targets(basis, device)
-    _TARGET_CACHE[key] = (basis, tg)
+    tg = Targets(basis)
+    _TARGET_CACHE[id(basis)] = (basis, tg)
     return tg
 
 
