@@ -38,3 +38,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """The small Markov corpus of the exactness tests (reference.V, T, N)."""
+    from reference import N, T, V, markov_tokens
+    from tl_leadterm import windows_from_tokens
+
+    return windows_from_tokens(markov_tokens(V, T, N, seed=3), V)
+
+
+@pytest.fixture(scope="module")
+def full_basis(corpus):
+    """The exact basis of ``corpus`` over its whole vocabulary, in id order."""
+    from tl_leadterm import compute_basis
+
+    return compute_basis(corpus, token_ids=list(range(corpus.vocab_size)), progress=False)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+#: the small Markov corpus of the exactness tests: |V| = 12 tokens, windows of T = 9, N = 40 windows
+V, T, N = 12, 9, 40
+
 
 def fro_cos(a: torch.Tensor, b: torch.Tensor) -> float:
     """Frobenius cosine <a, b> / (|a| |b|), written out (the tests' yardstick)."""

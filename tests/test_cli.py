@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from reference import markov_tokens, fro_cos as cos
+from reference import N, T, V, markov_tokens, fro_cos as cos
 from tl_leadterm import Basis, compute_basis, load_corpus
 from tl_leadterm.cli import main
 from tl_leadterm.toy import ToyTransformer
 
-V, T, N = 12, 9, 40
 
 
 def run(argv, capsys=None) -> str:

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from reference import markov_tokens, fro_cos
+from reference import N, T, V, markov_tokens, fro_cos
 from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.compare import (
@@ -16,7 +16,6 @@ from tl_leadterm.compare import (
 from tl_leadterm.toy import ToyConfig, ToyTransformer, train_toy
 from tl_leadterm.tokenization import build_word_tokenizer
 
-V, T, N = 12, 9, 40
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

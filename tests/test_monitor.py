@@ -7,24 +7,12 @@ import warnings
 import pytest
 import torch
 
-from reference import markov_tokens
+from reference import N, T, V, markov_tokens
 from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.monitor import (LeadTermTrainerCallback, TrainingMonitor, covariance_similarity, read_records,
                                  records_frame)
 from tl_leadterm.toy import ToyConfig, ToyTransformer, train_toy
-
-V, T, N = 12, 9, 40
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return windows_from_tokens(markov_tokens(V, T, N, seed=3), V)
-
-
-@pytest.fixture(scope="module")
-def full_basis(corpus):
-    return compute_basis(corpus, token_ids=list(range(V)), progress=False)
 
 
 @pytest.fixture(scope="module")
