@@ -85,15 +85,6 @@ def _none_if_bad(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def frobenius_cosine(a: Float[Tensor, "..."], b: Float[Tensor, "..."]) -> float | None:
-    """<a, b> / (|a| |b|) over all entries, in float64; None when either is zero."""
-    a, b = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
-    na, nb = a.norm(), b.norm()
-    if float(na) == 0.0 or float(nb) == 0.0:
-        return None
-    return _none_if_bad(float(a @ b / (na * nb)))
-
-
 def projection_measures(weight: Float[Tensor, "..."], term: Float[Tensor, "..."]) -> dict[str, float | None]:
     """similarity, explained, residual_norm and the fitted coefficient c* of ``weight`` on ``term``."""
     a, b = weight.detach().double().reshape(-1), term.detach().double().reshape(-1)
@@ -110,18 +101,17 @@ def projection_measures(weight: Float[Tensor, "..."], term: Float[Tensor, "..."]
 
 
 def covariance_similarity(h: Float[Tensor, "k d"], theory: Float[Tensor, "k m"], *, normalise_theory_rows: bool = True) -> float | None:
-    """Representational similarity of THEORY.md §5.
+    """Representational similarity of THEORY.md §5 (:func:`tl_leadterm.compare.cov_cosine_dense`).
 
     Centre each row of ``h``, form ``K_h = H_c H_cᵀ`` (k x k); row-normalise and
-    centre ``theory`` the same way, ``K_t = T_c T_cᵀ``; return cos_F(K_h, K_t).
+    centre ``theory`` the same way, ``K_t = T_c T_cᵀ``; return cos_F(K_h, K_t),
+    or None (no warning: a monitor logs often) where it is undefined.
     """
-    h = h.detach().double()
-    t = theory.detach().double()
-    if normalise_theory_rows:
-        t = t / t.norm(dim=1, keepdim=True).clamp(min=1e-300)
-    hc = h - h.mean(1, keepdim=True)
-    tc = t - t.mean(1, keepdim=True)
-    return frobenius_cosine(hc @ hc.T, tc @ tc.T)
+    from .compare import cov_cosine_dense
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _none_if_bad(cov_cosine_dense(h.detach(), theory.detach(), normalise_target=normalise_theory_rows))
 
 
 def _is_toy(model) -> bool:
