@@ -9,7 +9,7 @@ similarities (the paper's covariance cosine and linear CKA) are computed
 
 * densely: form ``S_h``, centre it, form the ``k x k`` covariance / Gram matrix
   (``O(k³)`` per head) and take its Frobenius cosine with the theory's;
-* low-rank (:class:`tl_leadterm.compare.Family`): ``Tnᵀ A`` once per layer
+* low-rank (:class:`tl_leadterm.analysis.Family`): ``Tnᵀ A`` once per layer
   (``O(k² d_model)``), then ``O(k d_model d_head)`` per head; no ``k x k`` model matrix.
 
 The theory side (``O(k³)`` once per basis tensor: ``Target.build`` for low-rank, the two
@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from tl_leadterm.compare import Family, Target, centre_cols, centre_rows, row_normalise
+from tl_leadterm.analysis import Factored, Family, Target
+from tl_leadterm.analysis.measures import centre_cols, centre_rows, row_normalise
 
 
 def dense_both(S: torch.Tensor, CT: torch.Tensor, KT: torch.Tensor) -> tuple[float, float]:
@@ -68,8 +69,8 @@ def main() -> None:
     t_prep_dense = time.perf_counter() - t
 
     t = time.perf_counter()
-    fam = Family(A, A, tgt, plain=False)
-    low = [fam.measure(WQ[h], WK[h]) for h in range(H)]
+    fam = Family(A, None, tgt, plain=False)
+    low = [fam.measure(X) for X in Factored.heads(WQ, WK.transpose(1, 2))]
     t_low = time.perf_counter() - t
 
     nd = max(1, min(args.dense_heads, H))

@@ -6,7 +6,7 @@
 Builds the basis of the shared TinyStories excerpt with the Pythia tokenizer
 (``merge-other`` float32 unless ``k`` is the whole vocabulary), saves a randomly
 initialised Pythia-architecture model, loads it through TransformerLens
-(:func:`tl_leadterm.models.load_model`) and runs :func:`tl_leadterm.compare.analyze_model`
+(:func:`tl_leadterm.models.load_model`) and runs :func:`tl_leadterm.analysis.analyze_model`
 (THEORY.md §5 per layer and head, plus the token-space circuits), timing each stage.
 Needs ``../shared/data`` (or ``--data``).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tl_leadterm import compute_basis, load_corpus
-from tl_leadterm.compare import Targets, analyze_model
+from tl_leadterm.analysis import Targets, analyze_model
 from tl_leadterm.models import load_model, save_random_pythia
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

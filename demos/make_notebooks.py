@@ -119,7 +119,7 @@ windows = load_corpus(corpus, seq_len=32, tokenizer=str(PYTHIA_TOKENIZER), vocab
 basis = compute_basis(windows, top_k=48 if SMALL else 512, mode="merge-other", progress=False)
 print(basis.k, "tokens:", basis.token_strs()[:20])'''),
     new_code_cell('''import pandas as pd
-from tl_leadterm.compare import analyze_model
+from tl_leadterm.analysis import analyze_model
 frames = [analyze_model(a, basis, checkpoint=rev, circuits=False, progress=False) for rev, a in adapters.items()]
 df = pd.concat(frames, ignore_index=True)
 df.head()'''),
@@ -197,6 +197,8 @@ else:
 
 
 def write(name: str, cells) -> Path:
+    for i, cell in enumerate(cells):  # stable cell ids: the same script writes the same bytes
+        cell["id"] = f"{Path(name).stem}-{i}"
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                                              "language_info": {"name": "python"}})
     path = HERE / name

@@ -4,7 +4,7 @@ A Pythia-architecture model (GPT-NeoX config, Pythia tokenizer and vocabulary of
 50,304, rotary, parallel attention/MLP; :func:`tl_leadterm.models.save_random_pythia`)
 is trained from random initialisation on the TinyStories excerpt with AdamW, and saved
 at Pythia's log-spaced steps (0, 1, 2, 4, ..., 512, then every 1000).  The checkpoints
-are analysed with the sweep (:func:`tl_leadterm.compare.sweep`, THEORY.md §5): per layer,
+are analysed with the sweep (:func:`tl_leadterm.analysis.sweep`, THEORY.md §5): per layer,
 the covariance cosine of the ``resid_pre`` representations with M and of the
 head-averaged key-query matrix ``S`` with Q̄, over the top-k tokens (merge-other basis).
 The training monitor runs alongside (``monitor.jsonl``).
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
 
 
 def analyse(a, out: Path, basis, ckpts: list[str], windows, losses: list[float], seconds: dict) -> dict:
-    from tl_leadterm.compare import sweep
+    from tl_leadterm.analysis import sweep
 
     t0 = time.perf_counter()
     df = sweep(None, ckpts, basis, circuits=False, progress=False)

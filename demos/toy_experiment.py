@@ -85,6 +85,11 @@ def replot(out: Path) -> None:
     plot(df, out / "similarity.png", title)
 
 
+def claim_verdict(similarity: dict, threshold: float) -> dict:
+    """Per weight: does its final similarity exceed ``threshold``? (an undefined similarity does not)."""
+    return {k: (v is not None and v > threshold) for k, v in similarity.items()}
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     out = Path(a.out)
@@ -109,7 +114,7 @@ def main(argv=None) -> dict:
     df.insert(0, "epoch", df["step"] // steps_per_epoch)
     write_text_atomic(out / "similarity.csv", df.to_csv(index=False, float_format="%.6f"))
     last = mon.records[-1]["similarity"]
-    holds = {k: (v is not None and v > a.threshold) for k, v in last.items()}
+    holds = claim_verdict(last, a.threshold)
     title = (f"toy model, L={a.layers}, |V|={V} words, T={a.seq_len}, {windows.n_positions:,} positions, "
              f"SGD lr={a.lr} batch={a.batch_size}, {a.epochs} epochs ({steps} steps)")
     plot(df, out / "similarity.png", title)

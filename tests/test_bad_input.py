@@ -161,7 +161,7 @@ def test_choose_mode_refuses_a_k_that_will_not_fit():
 
     budget = 20 * 2**30
     assert choose_mode(50_304, 16_384, "merge-other", torch.float32, budget=budget) == "merge-other"
-    with pytest.raises(LeadTermError, match=r"use --top-k 2\d{4} or less$"):
+    with pytest.raises(LeadTermError, match=r"use top_k 2\d{4} or less$"):
         choose_mode(50_304, 32_768, "merge-other", torch.float32, budget=budget)
     with pytest.warns(UserWarning, match="merge-other"):
         assert choose_mode(50_304, 1000, "auto", torch.float64, budget=budget) == "merge-other"

@@ -176,3 +176,17 @@ def test_readme_python_example_runs_and_is_true(tmp_path):
     out = subprocess.run([sys.executable, "-c", block + check], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "TQDM_DISABLE": "1"})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    """One message, two spellings: the Python API names the parameter, the CLI the flag that sets it."""
+    from tl_leadterm import LeadTermError, windows_from_tokens
+    w = windows_from_tokens(torch.tensor([[0, 1, 2, 1, 0]]), 3)
+    with pytest.raises(LeadTermError) as e:
+        compute_basis(w, top_k=9, progress=False)
+    assert "top_k 9 is larger than the vocabulary" in str(e.value) and "--" not in str(e.value)
+    txt = tmp_path / "c.txt"
+    txt.write_text("a b a b a b a b\n")
+    rc = main(["basis", "--corpus", str(txt), "--seq-len", "2", "--top-k", "9", "--out", str(tmp_path / "b.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --top-k 9 is larger than the vocabulary" in err and "top_k" not in err

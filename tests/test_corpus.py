@@ -99,7 +99,7 @@ def test_local_dataset_folder_streams_with_text_column(dataset_dir, tmp_path):
     assert read_documents(f"hf:{dataset_dir}", text_column="story") == docs
     assert read_documents(dataset_dir / "train.jsonl", text_column="story") == docs
     assert read_documents(dataset_dir, text_column="story", max_docs=4) == docs[:4]
-    with pytest.raises(LeadTermError, match="--text-column"):
+    with pytest.raises(LeadTermError, match="pass text_column"):
         read_documents(dataset_dir)  # default column 'text' is absent
     # the same documents from a text file give the same windows
     from_ds = load_corpus(dataset_dir, seq_len=4, text_column="story")
@@ -169,7 +169,7 @@ def test_hf_tokenizer_from_file(tmp_path, pythia_tok):
     n = len(stream) // 4
     assert w.tokens.reshape(-1).tolist() == stream[: 4 * n] and w.vocab_size == 50304
     assert tok.token_str(50300) == "<id 50300>"  # padded output rows of Pythia
-    with pytest.raises(LeadTermError, match="--vocab-size"):
+    with pytest.raises(LeadTermError, match="larger vocab_size"):
         load_corpus(f, seq_len=3, tokenizer=tok, vocab_size=100)
 
 

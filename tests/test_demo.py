@@ -1,5 +1,7 @@
 """``tl-leadterm demo`` end to end (small settings) and ``tl-leadterm report``."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -10,48 +12,91 @@ import pytest
 from tl_leadterm.cli import main
 
 
-def test_demo_end_to_end_then_report(tmp_path, capsys, shared_data):
-    out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--steps", "4", "--seq-len", "8", "--batch-size", "32", "--lr", "1.0",
-               "--pythia-tokenizer", str(shared_data / "gpt-neox-20b-tokenizer.json")])
+@pytest.fixture(scope="module")
+def demo(shared_data, tmp_path_factory):
+    """One small demo run shared by the tests below: (output folder, what it printed)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["demo", "--out", str(out), "--steps", "4", "--seq-len", "8", "--batch-size", "32", "--lr", "1.0",
+                   "--pythia-tokenizer", str(shared_data / "gpt-neox-20b-tokenizer.json")])
     assert rc == 0
-    printed = capsys.readouterr().out
+    return out, buf.getvalue()
+
+
+def test_demo_prints_the_report_path(demo):
+    out, printed = demo
     assert f"report: {out / 'report.html'}" in printed
+
+
+def test_demo_writes_every_output(demo):
+    out, _ = demo
+    for name in ("analysis.csv", "model_analysis.csv", "associations.csv", "views.json", "summary.json",
+                 "basis.safetensors", "toy.safetensors", "monitor.jsonl", "attention_scales.csv",
+                 "plots/analysis_similarity_vs_step.png", "plots/monitor_similarity.png"):
+        assert (out / name).is_file(), name
+
+
+def test_demo_report_is_offline_with_one_bundle(demo):
+    out, _ = demo
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("var CircuitsVis=") == 1
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html)
-    for name in ("analysis.csv", "model_analysis.csv", "associations.csv", "views.json", "summary.json",
-                 "basis.safetensors", "toy.safetensors"):
-        assert (out / name).is_file(), name
+    assert html.count('class="cv-view"') == len(json.loads((out / "views.json").read_text()))
+
+
+def test_demo_analyses_each_checkpoint(demo):
+    out, _ = demo
     df = pd.read_csv(out / "analysis.csv")
     assert set(df.checkpoint) == {"step1", "step2", "step4"}
     assert {"checkpoint", "layer", "head", "site", "measure", "value"} <= set(df.columns)
-    views = json.loads((out / "views.json").read_text())
-    sections = {v["section"] for v in views}
+
+
+def test_demo_views_cover_toy_pythia_and_explorer(demo):
+    out, _ = demo
+    sections = {v["section"] for v in json.loads((out / "views.json").read_text())}
     assert {"Attention: toy model", "Attention: Pythia-architecture model", "Association explorer"} <= sections
-    assert html.count('class="cv-view"') == len(views)
-    assert (out / "plots" / "analysis_similarity_vs_step.png").is_file()
-    try:
-        import tl_leadterm.monitor  # noqa: F401
-        assert (out / "monitor.jsonl").is_file() and (out / "plots" / "monitor_similarity.png").is_file()
-    except ImportError:
-        pass
-    # the report command rebuilds the report from the saved results
+    scales = pd.read_csv(out / "attention_scales.csv")
+    assert len(scales) == 2 + 2 * 4 and scales["fit_residual"].notna().all()  # toy: 2 layers x 1 head; Pythia: 2 x 4
+
+
+def test_report_command_rebuilds_the_report(demo, tmp_path):
+    out, _ = demo
+    n_views = len(json.loads((out / "views.json").read_text()))
     rep = tmp_path / "again" / "r.html"
     assert main(["report", "--results", str(out), "--out", str(rep)]) == 0
     again = rep.read_text(encoding="utf-8")
-    assert again.count("var CircuitsVis=") == 1 and again.count('class="cv-view"') == len(views)
+    assert again.count("var CircuitsVis=") == 1 and again.count('class="cv-view"') == n_views
     assert "Fitted attention scales" in again
-    scales = pd.read_csv(out / "attention_scales.csv")
-    assert len(scales) == 2 + 2 * 4 and scales["fit_residual"].notna().all()  # toy: 2 layers x 1 head; Pythia: 2 x 4
-    # live views from a saved model and basis
-    rep2 = tmp_path / "live.html"
-    assert main(["report", "--results", str(out), "--out", str(rep2), "--model", f"toy:{out}",
+
+
+def test_report_adds_live_views_of_a_saved_model(demo, tmp_path):
+    out, _ = demo
+    n_views = len(json.loads((out / "views.json").read_text()))
+    rep = tmp_path / "live.html"
+    assert main(["report", "--results", str(out), "--out", str(rep), "--model", f"toy:{out}",
                  "--basis", str(out / "basis.safetensors"), "--text", "the bird flew", "--tokens", "fish"]) == 0
-    live = rep2.read_text(encoding="utf-8")
-    assert live.count("var CircuitsVis=") == 1 and live.count('class="cv-view"') == len(views) + 2 + 1
-    assert main(["report", "--results", str(out), "--out", str(rep2), "--model", f"toy:{out}"]) == 2
+    live = rep.read_text(encoding="utf-8")
+    assert live.count("var CircuitsVis=") == 1 and live.count('class="cv-view"') == n_views + 2 + 1
+
+
+def test_report_model_needs_basis_and_text(demo, tmp_path, capsys):
+    out, _ = demo
+    assert main(["report", "--results", str(out), "--out", str(tmp_path / "r.html"), "--model", f"toy:{out}"]) == 2
     assert "--model needs --basis and --text" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_demo_as_a_library_call(tmp_path):
+    """The pipeline lives in the library: run_demo(DemoConfig) is what the command runs; bad settings name the field."""
+    from tl_leadterm import LeadTermError
+    from tl_leadterm.pipeline import DemoConfig, run_demo
+    with pytest.raises(LeadTermError, match="^steps must be >= 1"):
+        run_demo(DemoConfig(out=tmp_path / "x", steps=0), progress=False)
+    assert not (tmp_path / "x").exists()
+    res = run_demo(DemoConfig(out=tmp_path / "d", steps=2, seq_len=8, batch_size=32, no_pythia=True), progress=False)
+    assert res.report == tmp_path / "d" / "report.html" and res.report.is_file()
+    assert "skipped (--no-pythia)" in res.summary["notes"]
 
 
 def test_demo_unwritable_out_fails_before_work(tmp_path, capsys):

@@ -5,7 +5,6 @@ Uses a randomly initialised Pythia-architecture model saved locally (fixture
 """
 
 import json
-import time
 import warnings
 
 import pytest
@@ -14,10 +13,11 @@ import torch
 from reference import markov_tokens, fro_cos
 from tl_leadterm import LeadTermError, compute_basis, load_corpus, windows_from_tokens
 from tl_leadterm.cli import main
-from tl_leadterm.compare import (
+from tl_leadterm.analysis import (
     COLUMNS, analyze_model, causal_check, cka_dense, cov_cosine_dense, parse_checkpoints, quick_measures, weight_delta,
-    _edit_hooks, head_edit_directions,
+    head_edit_directions,
 )
+from tl_leadterm.analysis.causal import _edit_hooks
 from tl_leadterm.models import (
     PYTHIA_REVISIONS, adapt, default_backend, load_model, save_random_pythia, tl_version, validate_revision,
 )
@@ -105,12 +105,9 @@ def test_analyze_model_equals_dense_computation(adapter, pythia_basis):
     assert not df[df.site == "key_query"].extension.any()
 
 
-def test_quick_measures_is_fast_and_consistent(adapter, pythia_basis):
+def test_quick_measures_equal_the_analysis(adapter, pythia_basis):
     basis, _ = pythia_basis
-    quick_measures(adapter, basis)  # warm the cached basis preparation
-    t0 = time.perf_counter()
-    q = quick_measures(adapter, basis)
-    assert time.perf_counter() - t0 < 1.0
+    q = quick_measures(adapter, basis)  # its speed is measured in benchmarks/bench_monitor.py
     df = analyze_model(adapter, basis, circuits=False, progress=False)
     kq = df[(df.site == "key_query") & (df.measure == "cov_cosine") & (df.layer == 1) & df["head"].isna()].value.item()
     assert q["L1/key_query/cov_cosine"] == pytest.approx(kq, abs=1e-12)
@@ -121,7 +118,7 @@ def test_tokenizer_or_vocabulary_mismatch_is_refused(adapter, shared_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         words_basis = compute_basis(w, top_k=10, progress=False)
-    with pytest.raises(LeadTermError, match="rebuild the basis with --tokenizer set to the model's tokenizer"):
+    with pytest.raises(LeadTermError, match="rebuild the basis with tokenizer set to the model's tokenizer"):
         analyze_model(adapter, words_basis, progress=False)
     other = compute_basis(windows_from_tokens(markov_tokens(30, 6, 10), 30), top_k=5, progress=False)
     with pytest.raises(LeadTermError, match="vocabulary of 30 tokens but the model has 50304"):
@@ -143,7 +140,7 @@ def test_nonfinite_weights_name_layer_and_head(adapter, monkeypatch):
 
 
 def test_model_without_attention_is_refused():
-    with pytest.raises(LeadTermError, match="cannot analyse a Linear"):
+    with pytest.raises(LeadTermError, match="not Linear"):
         adapt(torch.nn.Linear(2, 2))
 
     class Cfg:
@@ -322,15 +319,15 @@ def test_edit_hooks_change_exactly_the_head_projection(adapter, pythia_basis):
 
 def test_sweep_prepares_the_basis_once_and_equals_single_analyses(tiny_pythia_dir, pythia_basis, tmp_path, monkeypatch):
     """The O(k³) target preparation is shared by all checkpoints of a sweep; results equal one-by-one analyses."""
-    from tl_leadterm import compare
-    from tl_leadterm.compare import analyze_model, sweep
+    from tl_leadterm.analysis import measures
+    from tl_leadterm.analysis import analyze_model, sweep
 
     basis, _ = pythia_basis
     second = save_random_pythia(tmp_path / "second", tiny_pythia_dir / "tokenizer.json", n_layers=2, d_model=32, seed=1)
     single = [analyze_model(load_model(str(d)), basis, checkpoint=str(d), progress=False) for d in (tiny_pythia_dir, second)]
     built = []
-    real_build = compare.Target.build.__func__
-    monkeypatch.setattr(compare.Target, "build", classmethod(lambda cls, T, name="": built.append(name) or real_build(cls, T, name)))
+    real_build = measures.Target.build.__func__
+    monkeypatch.setattr(measures.Target, "build", classmethod(lambda cls, T, name="": built.append(name) or real_build(cls, T, name)))
     df = sweep(None, [str(tiny_pythia_dir), str(second)], basis, progress=False)
     assert sorted(built) == sorted(set(built)) and set(built) == {"value", "key_query", "value_output", "bigram"}
     import pandas as pd

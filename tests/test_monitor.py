@@ -217,13 +217,21 @@ def _check_real_record(model, basis, wq, wk, reps):
         avg = sum(heads) / len(heads)
         assert rec["similarity"][f"qk.{l}"] == pytest.approx(direct_cov_similarity(avg, basis.key_query), abs=1e-9)
         assert rec["explained"][f"qk.{l}"] == pytest.approx(rec["similarity"][f"qk.{l}"] ** 2, abs=1e-12)
-    if "measures" in rec:  # issue 3's cheap measures, recorded as they are
-        from tl_leadterm.compare import quick_measures
+    return mon
+
+
+def _check_quick_measures_recorded(model, basis, folded: bool):
+    """The cheap analysis measures are recorded exactly where LayerNorm is folded (attn_in is W_Q's input)."""
+    from tl_leadterm.analysis import quick_measures
+    from tl_leadterm.models import adapt
+    rec = TrainingMonitor(model, basis, every=1).log(1)
+    assert adapt(model, fold=False).folded is folded
+    assert ("measures" in rec) is folded
+    if folded:
         direct = quick_measures(model, basis)
-        assert set(rec["measures"]) == set(direct)
+        assert set(rec["measures"]) == set(direct) and len(direct) == 2 * model.cfg.n_layers
         for k, v in direct.items():
             assert rec["measures"][k] == pytest.approx(v, abs=1e-12)
-    return mon
 
 
 def test_hf_gpt_neox_measures(tiny_pythia_dir, pythia_basis):
@@ -240,6 +248,7 @@ def test_hf_gpt_neox_measures(tiny_pythia_dir, pythia_basis):
     with torch.no_grad():
         hs = hf(input_ids=pythia_basis.token_ids[:, None], output_hidden_states=True).hidden_states
     _check_real_record(hf, pythia_basis, wq, wk, [x[:, 0] for x in hs])
+    _check_quick_measures_recorded(hf, pythia_basis, folded=False)
 
 
 def test_transformer_lens_model_measures(tiny_pythia_dir, pythia_basis):
@@ -257,6 +266,12 @@ def test_transformer_lens_model_measures(tiny_pythia_dir, pythia_basis):
         _, cache = model.run_with_cache(pythia_basis.token_ids[:, None])
         reps = [cache[f"blocks.{l}.hook_resid_pre"][:, 0] for l in range(model.cfg.n_layers)]
     _check_real_record(model, pythia_basis, model.W_Q.detach(), model.W_K.detach(), reps)
+    _check_quick_measures_recorded(model, pythia_basis, folded=False)  # raw bridge / unfolded HookedTransformer
+
+
+def test_folded_model_records_the_quick_measures(tiny_pythia_dir, pythia_basis):
+    from tl_leadterm.models import load_model
+    _check_quick_measures_recorded(load_model(str(tiny_pythia_dir)).model, pythia_basis, folded=True)
 
 
 def test_real_model_misfit_fails_at_attach(tiny_pythia_dir, full_basis):
@@ -287,7 +302,7 @@ def test_hf_trainer_callback(tiny_pythia_dir, pythia_basis, tmp_path):
 
 def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basis):
     """The monitor's qk.l / qk.l.h are analyze_model's key_query_resid rows (one definition, two paths)."""
-    from tl_leadterm.compare import analyze_model
+    from tl_leadterm.analysis import analyze_model
     from tl_leadterm.models import load_model
 
     ad = load_model(str(tiny_pythia_dir))

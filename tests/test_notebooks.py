@@ -1,7 +1,6 @@
 """The demo notebooks run top to bottom (small settings) with nbclient."""
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,7 @@ def test_notebook_runs(path):
     try:
         # kernel "python3" resolves to the running interpreter (ipykernel's native kernel spec)
         client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(DEMOS)}})
-        t0 = time.perf_counter()
-        client.execute()
-        elapsed = time.perf_counter() - t0
+        client.execute()  # each cell has nbclient's timeout
     finally:
         for k, v in old.items():
             if v is None:
@@ -43,4 +40,3 @@ def test_notebook_runs(path):
                 os.environ[k] = v
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    assert elapsed < 120, f"{path.name} took {elapsed:.0f}s; keep notebooks small"

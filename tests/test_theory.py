@@ -161,3 +161,47 @@ def test_minibatch_sgd_runs_and_lowers_loss(corpus):
     res = train_toy(model, corpus, lr=1.0, steps=30, batch_size=8, seed=1, progress=False)
     assert len(res.losses) == 30
     assert windows_loss(model, corpus) < before - 0.05
+
+
+# ---------------------------------------------------------------------------
+# the theory table itself (tl_leadterm.theory)
+# ---------------------------------------------------------------------------
+def test_theory_table_constants():
+    from tl_leadterm import theory
+    s, eta = 5, 0.1
+    quartic = eta ** 4 * sum(k * k * (k - 1) / 2 for k in range(s))
+    expected = {"W_O": eta * s, "V": eta ** 2 * s * (s - 1) / 2, "W": quartic, "P": quartic}
+    for w, c in expected.items():
+        assert theory.leading_coefficient(w, s, eta) == pytest.approx(c, rel=1e-15)
+        assert theory.leading_coefficient(f"{w}.3" if w != "W_O" else w, s, eta) == pytest.approx(c, rel=1e-15)
+    assert {w: t.term for w, t in theory.LEADING.items()} == {"W_O": "bigram", "V": "value", "W": "key_query", "P": "position"}
+    assert {w: t.order for w, t in theory.LEADING.items()} == {"W_O": 1, "V": 2, "W": 4, "P": 4}
+    ov = theory.leading("V.1·W_O")
+    assert ov.term == "value_output" and ov.order == 3
+    assert ov.coefficient(s, eta) == pytest.approx(expected["V"] * expected["W_O"], rel=1e-15)
+    assert theory.TERMS["key_query"].orientation == ("query", "key")
+    assert theory.TERMS["value_output"].orientation == ("context", "next")
+    assert theory.MATRIX_NAMES == ("bigram", "context", "interchange", "value", "value_output", "key_query")
+
+
+def test_weight_names_parse_and_refuse():
+    from tl_leadterm import theory
+    assert theory.parse_weight("W_O") == ("W_O", None) and theory.parse_weight("V.12") == ("V", 12)
+    assert theory.weight_name("P", 2) == "P.2" and theory.weight_name("W_O", None) == "W_O"
+    for bad in ("X.0", "V.a", "W_O.1", ""):
+        with pytest.raises(LeadTermError, match="unknown toy weight"):
+            theory.parse_weight(bad)
+
+
+def test_sharded_basis_records_tokenizer_and_the_whole_corpus_fingerprint():
+    from tl_leadterm import load_corpus
+    w = load_corpus("builtin:stories", seq_len=8)[:300]
+    ids = list(range(40))
+    whole = compute_basis(w, token_ids=ids, progress=False)
+    sharded = compute_basis_sharded(w.shards(3), ids)
+    assert sharded.tokenizer_identity == whole.tokenizer_identity and sharded.tokenizer_identity["kind"] == "words"
+    assert sharded.corpus_fingerprint == whole.corpus_fingerprint == w.fingerprint
+    assert sharded.token_strs() == whole.token_strs()
+    other = load_corpus("builtin:stories", seq_len=8, word_vocab_size=50)[:10]
+    with pytest.raises(LeadTermError, match="different tokenizers"):
+        compute_basis_sharded([w[:10], other], ids)

@@ -11,7 +11,7 @@ Pipeline stages, one module each: :mod:`~tl_leadterm.corpus` →
 adapters → comparison → report.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .errors import LeadTermError  # noqa: E402
 from .corpus import Windows, load_corpus, read_documents, windows_from_tokens  # noqa: E402

@@ -2,23 +2,26 @@
 
 Each group of subcommands lives in its own module under
 :mod:`tl_leadterm.commands` and exposes ``register(subparsers)``; every
-subcommand sets ``func(args) -> int``.  User errors (:class:`LeadTermError`)
-print as one line ``error: ...`` and exit with status 2.
+subcommand sets ``func(args) -> int`` and stays thin: the work is done by the
+library.  User errors (:class:`LeadTermError`) print as one line ``error: ...``
+and exit with status 2; a library message names parameters (``{top_k}``) and
+the CLI writes them as the flags that set them (``--top-k``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 import warnings
 
-from . import __version__
+from ._version import __version__
+from .commands import analyze, build, visual
 from .errors import LeadTermError
 
 # one module per pipeline stage that has commands
-COMMAND_MODULES = ("build", "analyze", "visual", "monitor")
+COMMAND_MODULES = (build, analyze, visual)
+# library parameters whose flag is not named after them
+PARAM_FLAGS = {"source": "--corpus", "every": "--log-every", "results": "--results"}
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -34,15 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tl-leadterm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as e:  # a command group not built yet
-            if e.name == f"{__package__}.commands.{name}":
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
+    for command in sub.choices.values():
+        command.set_defaults(_flags=_flag_names(command))
     return parser
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{parameter: flag}`` for one subcommand: each option's dest and its long option string."""
+    names = dict(PARAM_FLAGS)
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            names[action.dest] = longs[0]
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LeadTermError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.render(getattr(args, '_flags', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .data.stories import DEFAULT_CORPUS_NAME, default_corpus_texts
 from .errors import LeadTermError, require
-from .tokenization import EOS_TEXT, Tokenizer, resolve_tokenizer
+from .tokenization import EOS_TEXT, Tokenizer, WordTokenizer, resolve_tokenizer
 
 DEFAULT_DATASET_MAX_DOCS = 50_000
 
@@ -180,7 +180,7 @@ def _read_dataset(name: str, text_column: str, split: str, max_docs: int | None)
     try:
         for row in tqdm(ds, desc=f"reading {name}", total=limit, unit="doc", leave=False):
             if text_column not in row:
-                raise LeadTermError(f"dataset {name!r} has no column {text_column!r} (columns: {', '.join(row)}); pass --text-column")
+                raise LeadTermError(f"dataset {name!r} has no column {text_column!r} (columns: {', '.join(row)}); pass {{text_column}}")
             text = row[text_column]
             if isinstance(text, str) and text.strip():
                 docs.append(text.strip())
@@ -228,9 +228,9 @@ def _looks_like_dataset_dir(p: Path) -> bool:
 # windows
 # ---------------------------------------------------------------------------
 def windows_from_documents(docs_ids: Sequence[Sequence[int]], seq_len: int, *, eos_id: int | None,
-                           vocab_size: int, pack: str = "join", pad_id: int = 0) -> tuple[Tensor, Tensor]:
+                           pack: str = "join", pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Cut tokenized documents into ``[n, seq_len+1]`` windows (see module docstring)."""
-    require(seq_len >= 2, f"--seq-len must be at least 2 (got {seq_len})")
+    require(seq_len >= 2, f"{{seq_len}} must be at least 2 (got {seq_len})")
     require(pack in ("join", "cut"), f"pack must be 'join' or 'cut', got {pack!r}")
     W = seq_len + 1
     if pack == "join":
@@ -257,27 +257,27 @@ def windows_from_documents(docs_ids: Sequence[Sequence[int]], seq_len: int, *, e
                 lens.append(len(piece))
         tokens = torch.from_numpy(np.stack(rows)) if rows else torch.zeros((0, W), dtype=torch.long)
         lengths = torch.tensor(lens, dtype=torch.long)
-    require(tokens.shape[0] > 0, f"the corpus has no window of {W} tokens (seq_len+1); use a larger corpus or a smaller --seq-len")
+    require(tokens.shape[0] > 0, f"the corpus has no window of {W} tokens (seq_len+1); use a larger corpus or a smaller {{seq_len}}")
     return tokens, lengths
 
 
 def validate_token_array(arr: np.ndarray, vocab_size: int | None, seq_len: int | None, what: str = "the token array") -> np.ndarray:
     """Check a pre-tokenized ``[n, T+1]`` array and return it as int64."""
-    require(vocab_size is not None, f"{what} is pre-tokenized: pass --vocab-size (the number of token ids)")
-    require(vocab_size >= 2, f"--vocab-size must be at least 2 (got {vocab_size})")
+    require(vocab_size is not None, f"{what} is pre-tokenized: pass {{vocab_size}} (the number of token ids)")
+    require(vocab_size >= 2, f"{{vocab_size}} must be at least 2 (got {vocab_size})")
     require(arr.ndim == 2, f"{what} must have shape [n, T+1], got shape {list(arr.shape)}")
     require(arr.shape[0] > 0, f"{what} is empty; give at least one window")
     require(arr.shape[1] >= 3, f"{what} has width {arr.shape[1]}: windows need T+1 >= 3 tokens")
     if seq_len is not None:
-        require(seq_len >= 2, f"--seq-len must be at least 2 (got {seq_len})")
-        require(arr.shape[1] == seq_len + 1, f"--seq-len {seq_len} does not match {what} width {arr.shape[1]} (= T+1, so T = {arr.shape[1] - 1}); pass --seq-len {arr.shape[1] - 1}")
+        require(seq_len >= 2, f"{{seq_len}} must be at least 2 (got {seq_len})")
+        require(arr.shape[1] == seq_len + 1, f"{{seq_len}} {seq_len} does not match {what} width {arr.shape[1]} (= T+1, so T = {arr.shape[1] - 1}); pass {{seq_len}} {arr.shape[1] - 1}")
     if arr.dtype.kind == "f" and not (bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))):
         raise LeadTermError(f"{what} holds non-integer values (dtype {arr.dtype}); token ids must be integers: save an integer array (e.g. int64)")
     if arr.dtype.kind not in "iu":
         raise LeadTermError(f"{what} has dtype {arr.dtype}; token ids must be integers: save it with .astype(numpy.int64)")
     lo, hi = int(arr.min()), int(arr.max())
     require(lo >= 0, f"{what} holds a negative token id ({lo}); token ids must be in [0, vocab_size)")
-    require(hi < vocab_size, f"{what} holds token id {hi} >= --vocab-size {vocab_size}; pass a larger --vocab-size")
+    require(hi < vocab_size, f"{what} holds token id {hi} >= {{vocab_size}} {vocab_size}; pass a larger {{vocab_size}}")
     return arr.astype(np.int64)
 
 
@@ -301,7 +301,7 @@ def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, voca
     (e.g. 50,304 for Pythia) when the model's output is larger than the tokenizer.
     ``word_vocab_size``/``word_min_count`` bound the ``"words"`` vocabulary.
     """
-    require(seq_len is not None and int(seq_len) >= 2, f"--seq-len must be at least 2 (got {seq_len})")
+    require(seq_len is not None and int(seq_len) >= 2, f"{{seq_len}} must be at least 2 (got {seq_len})")
     s = str(source)
     if s.endswith(".npy"):
         p = Path(s)
@@ -318,11 +318,12 @@ def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, voca
     require(len(docs) > 0, f"corpus {s!r} is empty; give a corpus with text in it")
     tok = resolve_tokenizer("words" if tokenizer is None else tokenizer, docs, max_size=word_vocab_size, min_count=word_min_count)
     V = tok.vocab_size if vocab_size is None else int(vocab_size)
-    require(V >= tok.vocab_size or tok.kind != "words", f"--vocab-size {V} is smaller than the word vocabulary ({tok.vocab_size})")
+    require(V >= tok.vocab_size or not isinstance(tok, WordTokenizer),
+            f"{{vocab_size}} {V} is smaller than the word vocabulary ({tok.vocab_size})")
     from tqdm.auto import tqdm
     ids = [tok.encode(d) for d in tqdm(docs, desc="tokenizing", unit="doc", leave=False, disable=len(docs) < 2000)]
     mx = max((max(x) for x in ids if len(x)), default=-1)
-    require(mx < V, f"the tokenizer produced id {mx} >= vocab size {V}; pass a larger --vocab-size")
-    tokens, lengths = windows_from_documents(ids, int(seq_len), eos_id=tok.eos_id, vocab_size=V, pack=pack,
+    require(mx < V, f"the tokenizer produced id {mx} >= vocab size {V}; pass a larger {{vocab_size}}")
+    tokens, lengths = windows_from_documents(ids, int(seq_len), eos_id=tok.eos_id, pack=pack,
                                              pad_id=tok.eos_id if tok.eos_id is not None else 0)
     return Windows(tokens, lengths, V, tok, s)

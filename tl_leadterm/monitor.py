@@ -38,20 +38,23 @@ Toy model (:class:`~tl_leadterm.toy.ToyTransformer`)
     the first two steps) are ``null``.
 
 Real models (HookedTransformer, TransformerBridge, Hugging Face GPT-NeoX)
-    The cheap per-layer representational measures of THEORY.md §5 over the
+    The model is probed through the adapter (:func:`tl_leadterm.models.adapt` with
+    ``fold=False``: nothing it trains is converted) and the analysis measures.  The
+    cheap per-layer representational measures of THEORY.md §5 over the
     basis tokens, each token run alone: ``resid.l`` compares layer ``l``'s
     ``resid_pre`` representations with ``M``; ``qk.l`` compares
     ``S_l = H_l W_Q W_Kᵀ H_lᵀ`` (averaged over heads) with ``Q̄`` and ``qk.l.h``
-    does so per head.  ``similarity`` is the Frobenius cosine of the row-centred
+    does so per head (the analysis' site ``key_query_resid``).  ``similarity`` is the Frobenius cosine of the row-centred
     covariance matrices; ``explained`` its square; ``residual_norm`` the relative
     norm sqrt(1 − cos²) of what the best multiple of the theory's covariance
-    leaves.  For HookedTransformer and TransformerBridge models in compatibility
-    mode, :func:`tl_leadterm.compare.quick_measures` (key-query on the attention
-    input, ``resid_post``) is recorded as well, under ``"measures"``; it is not
-    applied to a bridge outside compatibility mode, because wrapping it would
-    fold LayerNorm into the weights being trained.
+    leaves.  Where LayerNorm is folded into the weights (HookedTransformer loaded
+    by TransformerLens, a TransformerBridge in compatibility mode),
+    :func:`tl_leadterm.analysis.quick_measures` (key-query on the attention input,
+    ``resid_post``) is recorded as well, under ``"measures"``; elsewhere the attention
+    input is not what W_Q multiplies and they are not recorded.
 
-Failures: a basis that does not fit the model raises :class:`LeadTermError`
+Failures: a basis that does not fit the model (the one rule of
+:func:`tl_leadterm.analysis.check_compatible`) raises :class:`LeadTermError`
 when the monitor is built (the measures are computed once there, as a dry
 run); an output path that cannot be opened also raises then.  Once training
 runs, a logging failure (disk full, permission, a measure that fails) only
@@ -72,52 +75,40 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .basis import Basis, leading_coefficient
+from .analysis.compat import check_compatible
+from .analysis.factored import Factored
+from .analysis.measures import Family, Targets, cov_cosine_dense, projection, similarities
+from .analysis.quick import quick_measures
+from .basis import Basis
 from .errors import LeadTermError, require
-
-TOY_WEIGHTS = {"W_O": "bigram", "V": "value", "W": "key_query", "P": "position"}
+from .models import adapt
+from .theory import SITES, leading_coefficient
 
 
 # ---------------------------------------------------------------------------
 # measures
 # ---------------------------------------------------------------------------
-def _none_if_bad(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+def _none_if_bad(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def projection_measures(weight: Float[Tensor, "..."], term: Float[Tensor, "..."]) -> dict[str, float | None]:
     """similarity, explained, residual_norm and the fitted coefficient c* of ``weight`` on ``term``."""
-    a, b = weight.detach().double().reshape(-1), term.detach().double().reshape(-1)
-    nb2 = float(b @ b)
-    na = float(a.norm())
-    if nb2 == 0.0:
+    if float((term.detach().double() ** 2).sum()) == 0.0:
         return {"similarity": None, "explained": None, "residual_norm": None, "coefficient": None}
-    c = float(a @ b) / nb2
-    res = float((a - c * b).norm())
-    cosv = None if na == 0.0 else float(a @ b) / (na * math.sqrt(nb2))
-    return {"similarity": _none_if_bad(cosv) if cosv is not None else None,
-            "explained": None if cosv is None else _none_if_bad(cosv * cosv),
-            "residual_norm": _none_if_bad(res), "coefficient": _none_if_bad(c)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a weight that is still zero: cosine undefined (None)
+        fit = projection(weight.detach(), {"term": term.detach()})
+        cosv = fit.cosine()
+    return {"similarity": _none_if_bad(cosv), "explained": _none_if_bad(cosv * cosv),
+            "residual_norm": _none_if_bad(float(fit.residual.norm())), "coefficient": _none_if_bad(fit.coef["term"])}
 
 
 def covariance_similarity(h: Float[Tensor, "k d"], theory: Float[Tensor, "k m"], *, normalise_theory_rows: bool = True) -> float | None:
-    """Representational similarity of THEORY.md §5 (:func:`tl_leadterm.compare.cov_cosine_dense`).
-
-    Centre each row of ``h``, form ``K_h = H_c H_cᵀ`` (k x k); row-normalise and
-    centre ``theory`` the same way, ``K_t = T_c T_cᵀ``; return cos_F(K_h, K_t),
-    or None (no warning: a monitor logs often) where it is undefined.
-    """
-    from .compare import cov_cosine_dense
-
+    """Representational similarity of THEORY.md §5 (:func:`tl_leadterm.analysis.cov_cosine_dense`), None where undefined."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _none_if_bad(cov_cosine_dense(h.detach(), theory.detach(), normalise_target=normalise_theory_rows))
-
-
-def _is_toy(model) -> bool:
-    from .toy import ToyTransformer
-
-    return isinstance(model, ToyTransformer)
 
 
 class _ToyProbe:
@@ -125,20 +116,8 @@ class _ToyProbe:
 
     kind = "toy"
 
-    def __init__(self, model, basis: Basis):
-        cfg = model.cfg
-        require(basis.vocab_size == cfg.d_vocab,
-                f"the basis is over a vocabulary of {basis.vocab_size} tokens but the toy model has d_vocab={cfg.d_vocab}; "
-                "build the basis from the corpus (and tokenizer) the model is trained on")
-        require(basis.seq_len <= cfg.n_ctx,
-                f"the basis has seq_len={basis.seq_len} but the toy model's context is {cfg.n_ctx}; build the basis with --seq-len {cfg.n_ctx} or less")
-        p = next(model.parameters())
-        self.basis = basis  # basis.sub_block(weight): the k x k block in basis order (P: first seq_len entries)
-        self.n_layers = cfg.n_layers
-        self.terms = {name: basis[TOY_WEIGHTS[name.split(".")[0]]].to(p.device, torch.float64)
-                      for name in model.weights()}
-        for name, t in self.terms.items():
-            require(bool(torch.isfinite(t).all()), f"basis tensor for {name} holds non-finite values; rebuild the basis")
+    def __init__(self, basis: Basis):
+        self.basis = basis
 
     @torch.no_grad()
     def measure(self, model, step: int | None, lr: float | None) -> dict[str, Any]:
@@ -146,118 +125,53 @@ class _ToyProbe:
         if lr is not None and step is not None:
             out["coefficient_ratio"] = {}
         for name, w in model.weights().items():
-            m = projection_measures(self.basis.sub_block(w), self.terms[name])
+            m = projection_measures(*self.basis.toy_pair(name, w))
             for key in ("similarity", "explained", "residual_norm"):
                 out[key][name] = m[key]
             if "coefficient_ratio" in out:
-                coef = leading_coefficient(name.split(".")[0], step, lr)
+                coef = leading_coefficient(name, step, lr)
                 out["coefficient_ratio"][name] = (None if m["coefficient"] is None or coef == 0
                                                   else _none_if_bad(m["coefficient"] / coef))
         return out
 
 
-# ---------------------------------------------------------------------------
-# real models: representations and key-query matrices of single tokens
-# ---------------------------------------------------------------------------
-def _hf_core(model):
-    """The GPT-NeoX trunk of a Hugging Face model, or None."""
-    for attr in ("gpt_neox",):
-        if hasattr(model, attr):
-            return getattr(model, attr)
-    return None
-
-
-def _real_dims(model) -> tuple[int, int, int]:
-    """(d_vocab, n_layers, n_heads) of a TransformerLens or HF GPT-NeoX model."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "d_vocab") and hasattr(cfg, "n_layers"):
-        return int(cfg.d_vocab), int(cfg.n_layers), int(cfg.n_heads)
-    config = getattr(model, "config", None)
-    if config is not None and _hf_core(model) is not None:
-        return int(config.vocab_size), int(config.num_hidden_layers), int(config.num_attention_heads)
-    raise LeadTermError(f"the training monitor supports ToyTransformer, HookedTransformer, TransformerBridge and Hugging Face GPT-NeoX models, "
-                        f"not {type(model).__name__}; wrap the model with TransformerLens")
-
-
 class _RealProbe:
-    """Cheap per-layer measures of a real transformer (see module docstring)."""
+    """Cheap per-layer measures of a real transformer, through the adapter (see module docstring)."""
 
     kind = "real"
 
-    def __init__(self, model, basis: Basis, max_tokens: int | None = 256):
-        d_vocab, self.n_layers, self.n_heads = _real_dims(model)
-        require(int(basis.token_ids.max()) < d_vocab and basis.vocab_size <= d_vocab,
-                f"the basis is over a vocabulary of {basis.vocab_size} tokens (largest id {int(basis.token_ids.max())}) "
-                f"but the model's vocabulary has {d_vocab}; build the basis with the model's tokenizer and --vocab-size {d_vocab}")
+    def __init__(self, ad, basis: Basis, max_tokens: int | None = 256):
         if max_tokens is not None and basis.k > max_tokens:
             basis = basis.restrict(basis.token_ids[:max_tokens])
-        self.basis = basis
-        self.ids = basis.token_ids
-        self.value = basis.value.double()
-        self.key_query = basis.key_query.double()
-        self.quick = None
-        if hasattr(model, "run_with_cache") and hasattr(model, "cfg") and (
-                not hasattr(model, "enable_compatibility_mode") or getattr(model, "compatibility_mode", False)):
-            # issue 3's cheap measures (tl_leadterm.compare.quick_measures), when present; never on a
-            # TransformerBridge outside compatibility mode (wrapping it would fold LayerNorm into the weights
-            # being trained) nor on raw Hugging Face models
-            try:
-                from .compare import quick_measures
-                self.quick = quick_measures
-            except Exception:
-                self.quick = None
-
-    def _representations(self, model) -> list[Tensor]:
-        dev = next(model.parameters()).device
-        ids = self.ids.to(dev)[:, None]
-        if _hf_core(model) is not None and not hasattr(model, "run_with_cache"):
-            out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
-            hs = out.hidden_states
-            return [hs[l][:, 0, :] for l in range(self.n_layers)]
-        names = [f"blocks.{l}.hook_resid_pre" for l in range(self.n_layers)]
-        _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
-        return [cache[n][:, 0, :] for n in names]
-
-    def _qk_weights(self, model):
-        """W_Q, W_K indexable by layer, each ``[head, d_model, d_head]`` (TransformerLens convention)."""
-        if hasattr(model, "W_Q") and hasattr(model, "W_K"):
-            return model.W_Q, model.W_K
-        core = _hf_core(model)
-        wq, wk = [], []
-        for layer in core.layers:
-            att = layer.attention
-            w = att.query_key_value.weight  # [3 d, d]; rows grouped per head as (q, k, v)
-            hs = w.shape[0] // (3 * self.n_heads)
-            w = w.view(self.n_heads, 3, hs, w.shape[1])
-            wq.append(w[:, 0].transpose(1, 2))
-            wk.append(w[:, 1].transpose(1, 2))
-        return wq, wk  # per-layer lists (no stacked copy of every layer)
+        self.ad, self.basis, self.targets = ad, basis, Targets(basis)
 
     @torch.no_grad()
     def measure(self, model, step: int | None, lr: float | None) -> dict[str, Any]:
+        ad = self.ad if model is self.ad.model else adapt(model, fold=False)
         was_training = getattr(model, "training", False)
         model.eval()
         try:
             sims: dict[str, float | None] = {}
-            reps = self._representations(model)
-            wq, wk = self._qk_weights(model)
-            for l, h in enumerate(reps):
-                h = h.detach().double().cpu()
-                sims[f"resid.{l}"] = covariance_similarity(h, self.value)
-                per_head = (torch.einsum("kd,hde->hke", h, wq[l].detach().double().cpu()),
-                            torch.einsum("kd,hde->hke", h, wk[l].detach().double().cpu()))
-                s_heads = torch.einsum("hqe,hke->hqk", *per_head)
-                sims[f"qk.{l}"] = covariance_similarity(s_heads.mean(0), self.key_query)
-                for hd in range(s_heads.shape[0]):
-                    sims[f"qk.{l}.{hd}"] = covariance_similarity(s_heads[hd], self.key_query)
+            reps = ad.token_representations(self.basis.token_ids)["resid_pre"]
+            value, key_query = (self.targets.get(SITES[s].target) for s in ("resid_pre", "key_query_resid"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # undefined similarities are None
+                for l, h in enumerate(reps):
+                    h = h.detach().double().cpu()
+                    sims[f"resid.{l}"] = _none_if_bad(similarities(h, value)["cov_cosine"])
+                    fam = Family(h, None, key_query, False)
+                    qk = (ad.W_Q(l).double().cpu(), ad.W_K(l).double().cpu().transpose(1, 2))
+                    sims[f"qk.{l}"] = _none_if_bad(fam.measure(Factored.head_mean(*qk))["cov_cosine"])
+                    for hd, X in enumerate(Factored.heads(*qk)):
+                        sims[f"qk.{l}.{hd}"] = _none_if_bad(fam.measure(X)["cov_cosine"])
         finally:
             if was_training:
                 model.train()
         out = {"similarity": sims,
                "explained": {k: None if v is None else v * v for k, v in sims.items()},
                "residual_norm": {k: None if v is None else math.sqrt(max(0.0, 1 - v * v)) for k, v in sims.items()}}
-        if self.quick is not None:
-            out["measures"] = {k: _none_if_bad(float(v)) for k, v in self.quick(model, self.basis).items()}
+        if ad.folded:
+            out["measures"] = {k: _none_if_bad(float(v)) for k, v in quick_measures(ad, self.basis, self.targets).items()}
         return out
 
 
@@ -284,7 +198,9 @@ class TrainingMonitor:
         require(isinstance(every, int) and every >= 1, f"every (--log-every) must be a positive integer, got {every!r}")
         require(lr is None or (lr > 0 and math.isfinite(lr)), f"lr must be a positive number, got {lr!r}")
         self.every, self.lr = every, lr
-        self.probe = _ToyProbe(model, basis) if _is_toy(model) else _RealProbe(model, basis, max_tokens)
+        ad = adapt(model, fold=False)  # never converts the model being trained
+        check_compatible(ad, basis)
+        self.probe = _ToyProbe(basis) if ad.token_space else _RealProbe(ad, basis, max_tokens)
         self.model = model
         self.records: list[dict] = []
         self.keep_records = keep_records
@@ -297,8 +213,7 @@ class TrainingMonitor:
         except LeadTermError:
             raise
         except Exception as e:
-            raise LeadTermError(f"the monitor cannot measure this model with this basis ({type(e).__name__}: {e}); "
-                                "check that the basis was built for the model's vocabulary") from None
+            raise LeadTermError(f"the monitor cannot measure this model with this basis ({type(e).__name__}: {e})") from None
         self.path = Path(path) if path is not None else None
         self._fh = None
         if self.path is not None:

@@ -1,6 +1,6 @@
 """Plots (matplotlib, Agg backend) of analysis tables and monitor logs.
 
-Inputs are the tidy analysis table of :mod:`tl_leadterm.compare` (columns
+Inputs are the tidy analysis table of :mod:`tl_leadterm.analysis.table` (columns
 ``checkpoint, layer, head, site, measure, value, ...``) or the records of a
 training monitor (:mod:`tl_leadterm.monitor`).  Every function saves one figure
 to ``path`` (format from the suffix: ``.png`` or ``.svg``) atomically and returns
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import require  # noqa: E402
+from .theory import LEADING  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 FORMATS = (".png", ".svg")
@@ -110,7 +111,7 @@ def similarity_vs_step(series: pd.DataFrame, path, *, title: str = "Similarity t
 
 def _series_key(name: str):
     base, _, layer = name.partition(".")
-    order = {"W_O": 0, "V": 1, "W": 2, "P": 3}
+    order = {w: i for i, w in enumerate(LEADING)}  # W_O, V, W, P
     return (order.get(base, 9), base, int(layer) if layer.isdigit() else -1, name)
 
 

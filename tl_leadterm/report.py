@@ -10,7 +10,7 @@ Results folder (``tl-leadterm report --results DIR``)
 :func:`build_report` reads whatever of these a folder holds (written by
 ``tl-leadterm demo``, ``analyze``, ``sweep`` or ``toy-train --log-every``):
 
-* ``analysis.csv`` — tidy analysis table (:mod:`tl_leadterm.compare`): toy rows
+* ``analysis.csv`` — tidy analysis table (:mod:`tl_leadterm.analysis.table`): toy rows
   give similarity-vs-step, layer x checkpoint heatmaps and explained-fraction
   bars; real-model rows give layer x checkpoint and head x checkpoint heatmaps;
 * ``model_analysis.csv`` — a second table in the same schema (the demo's
@@ -37,6 +37,7 @@ import pandas as pd
 
 from .errors import LeadTermError, require
 from .io import write_text_atomic
+from .theory import LEADING
 from .visual import CVView, circuitsvis_bundle
 
 CSS = """
@@ -144,7 +145,7 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
     from . import plots
 
     plots_dir.mkdir(parents=True, exist_ok=True)
-    toy = bool(df["site"].isin(["W_O", "V", "W", "P"]).any()) and "cosine_leading" in set(df["measure"])
+    toy = bool(df["site"].isin(list(LEADING)).any()) and "cosine_leading" in set(df["measure"])
     ckpts = plots.order_checkpoints(df["checkpoint"].tolist())
     if toy:
         ser = plots.series_from_analysis(df, "cosine_leading")
@@ -152,7 +153,7 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
             out = plots.save_both(plots.similarity_vs_step, ser, plots_dir / f"{stem}_similarity_vs_step",
                                   title=f"{label}: cosine with the leading term per checkpoint")
             rep.image(out[0], "Cosine of each weight (basis-token sub-block) with its leading term "
-                              "(W_O↔B̄, V↔M, W↔Q̄, P↔p̄), per checkpoint.")
+                              f"({', '.join(f'{w}↔{t.symbol}' for w, t in LEADING.items())}), per checkpoint.")
         for site in ("V", "W", "P"):
             if ((df["site"] == site) & (df["measure"] == "cosine_leading") & df["layer"].notna()).any():
                 out = plots.save_both(plots.checkpoint_heatmap, df, plots_dir / f"{stem}_heatmap_{site}", measure="cosine_leading",
@@ -222,7 +223,7 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
             rep.text("Each layer shows, per head, the model's attention pattern and the pattern the leading term predicts: "
                      "softmax over keys of c·(Q̄[query token, key token] + p̄[query position − key position]), with one "
                      "scale c per layer and head fitted by least squares to the model's own scores (free offset per query "
-                     f"row, since softmax ignores it). Tokens marked † are outside the basis vocabulary: their Q̄ term is 0.")
+                     "row, since softmax ignores it). Tokens marked † are outside the basis vocabulary: their Q̄ term is 0.")
         for s, v in views:
             if s == section:
                 rep.view(v)

@@ -23,7 +23,6 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -40,47 +39,28 @@ def _fingerprint_vocab(vocab: dict[str, int]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@dataclass
 class Tokenizer:
-    """A tokenizer with the small interface the pipeline needs.
+    """The small interface the pipeline needs; :class:`WordTokenizer` and :class:`HFTokenizer` implement it.
 
     ``identity`` is a dict ``{"kind", "name", "fingerprint"}``; two tokenizers
     with the same fingerprint map every token string to the same id.
     """
 
-    kind: str
+    kind: str = ""
     name: str
     vocab_size: int
     eos_id: int | None
-    _impl: Any = field(repr=False, default=None)
-    _fingerprint: str = ""
-    words: list[str] | None = field(repr=False, default=None)
+    _fingerprint: str
 
-    # -- encoding -------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        if self.kind == "words":
-            index = self._impl
-            unk = index[UNK_TEXT]
-            return [index.get(w, unk) for w in _WORD_RE.findall(text.lower())]
-        return list(self._impl.encode(text, add_special_tokens=False))
+        raise NotImplementedError
 
     def decode(self, ids: Sequence[int]) -> str:
-        if self.kind == "words":
-            return " ".join(self.token_str(i) for i in ids)
-        return self._impl.decode(list(ids))
+        raise NotImplementedError
 
     def token_str(self, token_id: int) -> str:
         """The string of one token (``<id N>`` for ids the tokenizer does not know)."""
-        token_id = int(token_id)
-        if self.kind == "words":
-            if 0 <= token_id < len(self.words):
-                return self.words[token_id]
-            return f"<id {token_id}>"
-        try:
-            s = self._impl.decode([token_id])
-        except Exception:  # ids past the tokenizer (e.g. Pythia's padded rows)
-            return f"<id {token_id}>"
-        return s if s != "" else f"<id {token_id}>"
+        raise NotImplementedError
 
     def token_strs(self, ids: Iterable[int]) -> list[str]:
         return [self.token_str(i) for i in ids]
@@ -90,33 +70,85 @@ class Tokenizer:
         return {"kind": self.kind, "name": self.name, "fingerprint": self._fingerprint}
 
     def to_json(self) -> str:
-        """A JSON description from which :func:`tokenizer_from_json` rebuilds it.
+        """A JSON description from which :func:`tokenizer_from_json` rebuilds it."""
+        return json.dumps(self._record(), ensure_ascii=False)
 
-        Word tokenizers carry their whole vocabulary; Hugging Face tokenizers carry
-        their name (hub name or path) and fingerprint.
-        """
-        d: dict[str, Any] = dict(self.identity)
-        if self.kind == "words":
-            d["words"] = self.words
-        return json.dumps(d, ensure_ascii=False)
+    def _record(self) -> dict[str, Any]:
+        return dict(self.identity)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+class WordTokenizer(Tokenizer):
+    """The paper's word-level tokenizer (module docstring) over a fixed word list."""
+
+    kind = "words"
+
+    def __init__(self, words: Sequence[str], name: str = "words"):
+        words = list(words)
+        if len(words) < 2 or words[0] != EOS_TEXT or words[1] != UNK_TEXT:
+            raise LeadTermError(
+                f"a word vocabulary must start with {EOS_TEXT!r} and {UNK_TEXT!r}; rebuild it with build_word_tokenizer")
+        index = {w: i for i, w in enumerate(words)}
+        if len(index) != len(words):
+            raise LeadTermError("the word vocabulary has duplicate entries; rebuild it with build_word_tokenizer")
+        self.name, self.words, self._index = name, words, index
+        self.vocab_size, self.eos_id = len(words), 0
+        self._fingerprint = _fingerprint_vocab(index)
+
+    def encode(self, text: str) -> list[int]:
+        unk = self._index[UNK_TEXT]
+        return [self._index.get(w, unk) for w in _WORD_RE.findall(text.lower())]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.token_str(i) for i in ids)
+
+    def token_str(self, token_id: int) -> str:
+        token_id = int(token_id)
+        return self.words[token_id] if 0 <= token_id < len(self.words) else f"<id {token_id}>"
+
+    def _record(self) -> dict[str, Any]:
+        return {**self.identity, "words": self.words}  # the whole vocabulary travels with the basis
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``transformers`` tokenizer (recorded by name and fingerprint)."""
+
+    kind = "hf"
+
+    def __init__(self, tok: Any, name: str):
+        self._impl, self.name = tok, str(name)
+        self.vocab_size = len(tok)
+        eos = tok.eos_token_id
+        self.eos_id = None if eos is None else int(eos)
+        self._fingerprint = _fingerprint_vocab(tok.get_vocab())
+
+    @property
+    def hf(self) -> Any:
+        """The wrapped ``transformers`` tokenizer."""
+        return self._impl
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._impl.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._impl.decode(list(ids))
+
+    def token_str(self, token_id: int) -> str:
+        token_id = int(token_id)
+        try:
+            s = self._impl.decode([token_id])
+        except Exception:  # ids past the tokenizer (e.g. Pythia's padded rows)
+            return f"<id {token_id}>"
+        return s if s != "" else f"<id {token_id}>"
 
 
 # ---------------------------------------------------------------------------
 # word-level tokenizer
 # ---------------------------------------------------------------------------
-def word_tokenizer_from_vocab(words: Sequence[str], name: str = "words") -> Tokenizer:
-    words = list(words)
-    if len(words) < 2 or words[0] != EOS_TEXT or words[1] != UNK_TEXT:
-        raise LeadTermError(
-            f"a word vocabulary must start with {EOS_TEXT!r} and {UNK_TEXT!r}; rebuild it with build_word_tokenizer"
-        )
-    index = {w: i for i, w in enumerate(words)}
-    if len(index) != len(words):
-        raise LeadTermError("the word vocabulary has duplicate entries; rebuild it with build_word_tokenizer")
-    return Tokenizer(
-        kind="words", name=name, vocab_size=len(words), eos_id=0, _impl=index,
-        _fingerprint=_fingerprint_vocab(index), words=words,
-    )
+def word_tokenizer_from_vocab(words: Sequence[str], name: str = "words") -> WordTokenizer:
+    return WordTokenizer(words, name)
 
 
 def build_word_tokenizer(texts: Iterable[str], max_size: int | None = None, min_count: int = 1) -> Tokenizer:
@@ -138,14 +170,9 @@ def build_word_tokenizer(texts: Iterable[str], max_size: int | None = None, min_
 # ---------------------------------------------------------------------------
 # Hugging Face tokenizers
 # ---------------------------------------------------------------------------
-def wrap_hf_tokenizer(tok: Any, name: str) -> Tokenizer:
+def wrap_hf_tokenizer(tok: Any, name: str) -> HFTokenizer:
     """Wrap an already-loaded ``transformers`` tokenizer (e.g. ``model.tokenizer``)."""
-    vocab = tok.get_vocab()
-    eos = tok.eos_token_id
-    return Tokenizer(
-        kind="hf", name=str(name), vocab_size=len(tok), eos_id=None if eos is None else int(eos),
-        _impl=tok, _fingerprint=_fingerprint_vocab(vocab),
-    )
+    return HFTokenizer(tok, name)
 
 
 def load_hf_tokenizer(spec: str) -> Tokenizer:
@@ -198,12 +225,22 @@ def load_hf_tokenizer(spec: str) -> Tokenizer:
 def tokenizer_from_json(blob: str) -> Tokenizer:
     """Rebuild a tokenizer from :meth:`Tokenizer.to_json` (word vocabularies are embedded)."""
     d = json.loads(blob)
-    if d.get("kind") == "words":
-        return word_tokenizer_from_vocab(d["words"], name=d.get("name", "words"))
+    return _FROM_RECORD[d.get("kind")](d)
+
+
+def _hf_from_record(d: dict) -> HFTokenizer:
     tok = load_hf_tokenizer(d["name"])
     if d.get("fingerprint") and tok.identity["fingerprint"] != d["fingerprint"]:
         raise LeadTermError(f"tokenizer {d['name']!r} no longer matches the one recorded (fingerprint differs)")
     return tok
+
+
+#: how each tokenizer kind is rebuilt from its :meth:`Tokenizer.to_json` record
+_FROM_RECORD = {
+    WordTokenizer.kind: lambda d: WordTokenizer(d["words"], name=d.get("name", "words")),
+    HFTokenizer.kind: _hf_from_record,
+}
+TOKENIZER_KINDS = tuple(_FROM_RECORD)
 
 
 def resolve_tokenizer(spec: Any, texts: Iterable[str] | None = None, *, max_size: int | None = None, min_count: int = 1) -> Tokenizer:

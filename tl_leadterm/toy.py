@@ -7,6 +7,12 @@
 ``Wˡ`` is query x key, ``Vˡ`` and ``W_O`` are current x next (rows = residual
 token); ``DM(P)[t, k] = P[t-k]``.  All parameters start at zero.
 
+TransformerLens-style weights make the toy model look like any other model to the
+adapter (:mod:`tl_leadterm.models`): one head per layer with ``d_model = d_head =
+d_vocab``, ``blocks[l].attn.W_Q = W(l)``, ``W_K = I``, ``W_V = V(l)``, ``W_O = I`` (so
+``W_Q W_Kᵀ`` is the key-query matrix and ``W_V W_O`` the value matrix), ``W_E = I`` and
+``W_U = W_O``.
+
 Hook points use TransformerLens' names, so ``run_with_cache`` returns an
 ``ActivationCache`` and ``cache["pattern", l]`` is layer l's attention pattern
 (shape ``[batch, 1, query, key]``: the toy model has one head per layer):
@@ -41,7 +47,7 @@ except ImportError:  # pragma: no cover - TransformerLens 3.x
 from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from . import __version__
+from ._version import __version__
 from .corpus import Windows
 from .errors import LeadTermError, require
 from .io import load_safetensors, save_safetensors_atomic
@@ -86,6 +92,26 @@ class ToyAttention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_v = HookPoint()
         self.hook_z = HookPoint()
+
+    # -- TransformerLens-style weights: one head, W_Q W_Kᵀ = W and W_V W_O = V ---------
+    def _eye(self) -> Tensor:
+        return torch.eye(self.W.shape[0], dtype=self.W.dtype, device=self.W.device)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "1 d_vocab d_vocab"]:
+        return self.W[None]
+
+    @property
+    def W_K(self) -> Float[Tensor, "1 d_vocab d_vocab"]:
+        return self._eye()[None]
+
+    @property
+    def W_V(self) -> Float[Tensor, "1 d_vocab d_vocab"]:
+        return self.V[None]
+
+    @property
+    def W_O(self) -> Float[Tensor, "1 d_vocab d_vocab"]:
+        return self._eye()[None]
 
     def forward(self, h: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch pos d_vocab"]:
         T = h.shape[1]
@@ -150,6 +176,11 @@ class ToyTransformer(HookedRootModule):
     def W_U(self) -> Tensor:
         """TransformerLens' name for the output matrix (same tensor as ``W_O``)."""
         return self.W_O
+
+    @property
+    def W_E(self) -> Tensor:
+        """The embedding: the identity (the residual stream is one-hot token space)."""
+        return torch.eye(self.cfg.d_vocab, dtype=self.W_O.dtype, device=self.W_O.device)
 
     def weights(self) -> dict[str, Tensor]:
         """All weights under the file names ``W_O``, ``W.{l}``, ``V.{l}``, ``P.{l}``."""
@@ -240,7 +271,6 @@ class ToyTransformer(HookedRootModule):
             for name, p in model.weights().items():
                 require(tuple(tensors[name].shape) == tuple(p.shape), f"toy model file {path}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}; retrain it")
                 p.copy_(tensors[name])
-        model.file_metadata = meta
         return model.to(device) if device is not None else model
 
 
@@ -286,11 +316,11 @@ def train_toy(model: ToyTransformer, windows: Windows, *, lr: float, steps: int,
     (reshuffled each epoch with ``seed``).  ``callback(step, model, loss)`` runs after
     each step (``step`` counts from 1).
     """
-    require(steps >= 0, f"--steps must be >= 0 (got {steps})")
-    require(lr > 0 and math.isfinite(lr), f"--lr must be a positive number (got {lr})")
+    require(steps >= 0, f"{{steps}} must be >= 0 (got {steps})")
+    require(lr > 0 and math.isfinite(lr), f"{{lr}} must be a positive number (got {lr})")
     require(windows.vocab_size == model.cfg.d_vocab, f"corpus vocab size {windows.vocab_size} differs from the model's {model.cfg.d_vocab}")
     require(windows.seq_len <= model.cfg.n_ctx, f"corpus windows (T={windows.seq_len}) are longer than the model's context ({model.cfg.n_ctx})")
-    require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1 (got {batch_size})")
+    require(batch_size is None or batch_size >= 1, f"{{batch_size}} must be >= 1 (got {batch_size})")
     dev = model.W_O.device
     params = list(model.parameters())
     g = torch.Generator().manual_seed(seed)
@@ -327,7 +357,7 @@ def train_toy(model: ToyTransformer, windows: Windows, *, lr: float, steps: int,
                     p -= lr * p.grad
         losses.append(loss)
         if not math.isfinite(loss):
-            raise LeadTermError(f"training diverged at step {step} (loss {loss}); use a smaller --lr")
+            raise LeadTermError(f"training diverged at step {step} (loss {loss}); use a smaller {{lr}}")
         if callback is not None:
             callback(step, model, loss)
     return TrainResult(losses, steps, lr)

@@ -1,19 +1,17 @@
 """``tl-leadterm analyze`` and ``tl-leadterm sweep``: compare models with a basis.
 
 Both write one tidy table (columns ``checkpoint, layer, head, site, measure, value,
-target, detail, extension``; see :mod:`tl_leadterm.compare`) as ``DIR/analysis.csv``
+target, detail, extension``; see :mod:`tl_leadterm.analysis.table`) as ``DIR/analysis.csv``
 and ``DIR/analysis.json`` (a list of records, NaN as null), atomically.  With
 ``--heldout`` the causal check is added as ``DIR/causal.csv`` / ``DIR/causal.json``.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from pathlib import Path
 
 from ..errors import require
-from ..io import ensure_writable_dir, write_json_atomic, write_text_atomic
+from ..io import ensure_writable_dir
 
 
 def register(sub) -> None:
@@ -49,24 +47,14 @@ def _common(p) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
-def write_table(df, out: Path, stem: str) -> list[Path]:
-    """Write ``df`` as ``out/stem.csv`` and ``out/stem.json`` (records, NaN as null), atomically."""
-    write_text_atomic(out / f"{stem}.csv", df.to_csv(index=False))
-    records = []
-    for rec in df.to_dict(orient="records"):
-        records.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
-    write_json_atomic(out / f"{stem}.json", records)
-    return [out / f"{stem}.csv", out / f"{stem}.json"]
-
-
 def _device(name):
     from .common import device_arg
     return device_arg(name)
 
 
 def run_analyze(args) -> int:
+    from ..analysis import analyze, causal_check, write_table
     from ..basis import Basis
-    from ..compare import analyze_model, analyze_toy, causal_check
     from ..models import load_model
 
     out = ensure_writable_dir(args.out)
@@ -74,10 +62,7 @@ def run_analyze(args) -> int:
     t0 = time.perf_counter()
     ad = load_model(args.model, revision=args.revision, backend=args.backend, device=_device(args.device))
     ckpt = args.revision or ""
-    if ad.kind == "toy":
-        df = analyze_toy(ad, basis, dictionary=args.dictionary, checkpoint=ckpt)
-    else:
-        df = analyze_model(ad, basis, checkpoint=ckpt, circuits=not args.no_circuits)
+    df = analyze(ad, basis, checkpoint=ckpt, circuits=not args.no_circuits, dictionary=args.dictionary)
     files = write_table(df, out, "analysis")
     if args.heldout:
         from ..corpus import load_corpus
@@ -85,7 +70,7 @@ def run_analyze(args) -> int:
         require(ad.tokenizer is not None, "the model has no tokenizer to read --heldout text; give a .npy of token windows")
         w = load_corpus(args.heldout, seq_len=basis.seq_len, tokenizer=ad.tokenizer, vocab_size=ad.d_vocab)
         w = w[: args.heldout_windows]
-        cc = causal_check(ad, basis, w if ad.kind == "toy" else w.tokens, seeds=args.seeds, checkpoint=ckpt)
+        cc = causal_check(ad, basis, w if ad.token_space else w.tokens, seeds=args.seeds, checkpoint=ckpt)
         files += write_table(cc, out, "causal")
     print(f"analyze: {ad.name} ({ad.kind}), k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
           + ", ".join(str(f) for f in files))
@@ -93,8 +78,8 @@ def run_analyze(args) -> int:
 
 
 def run_sweep(args) -> int:
+    from ..analysis import parse_checkpoints, sweep, write_table
     from ..basis import Basis
-    from ..compare import parse_checkpoints, sweep
 
     out = ensure_writable_dir(args.out)
     ckpts = parse_checkpoints(args.checkpoints)  # fail on unknown names before loading anything

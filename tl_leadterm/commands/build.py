@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import LeadTermError, require
+from ..errors import require
 from ..io import check_writable_dir, ensure_writable_dir, write_json_atomic
 from .common import add_corpus_args, corpus_from_args, device_arg, dtype_arg, read_token_ids_file
 
@@ -89,16 +88,13 @@ def run_toy_train(args) -> int:
     callback = None
     monitor = None
     if args.log_every:
-        try:
-            from ..monitor import toy_monitor_for_cli
-        except ImportError:
-            raise LeadTermError("--log-every needs the training monitor (tl_leadterm.monitor), which this install lacks") from None
+        from ..monitor import toy_monitor_for_cli
         monitor = toy_monitor_for_cli(model, windows, out / "monitor.jsonl", every=args.log_every, lr=args.lr,
                                       dtype=dtype, device=device)
         callback = monitor.callback
     t0 = time.perf_counter()
     res = train_toy(model, windows, lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed, callback=callback)
-    if monitor is not None and hasattr(monitor, "close"):
+    if monitor is not None:
         monitor.close()
     meta = {"lr": args.lr, "steps": args.steps, "batch_size": args.batch_size or "full", "seed": args.seed,
             "corpus_fingerprint": windows.fingerprint, "corpus_source": windows.source, "seq_len": windows.seq_len}

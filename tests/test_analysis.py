@@ -1,4 +1,4 @@
-"""Comparison formulas against direct slow computations, and the toy-model analysis."""
+"""The analysis package: similarity formulas against direct slow computations, and the toy-model analysis."""
 
 import math
 import warnings
@@ -9,7 +9,7 @@ import torch
 from reference import N, T, V, markov_tokens, fro_cos
 from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
-from tl_leadterm.compare import (
+from tl_leadterm.analysis import (
     COLUMNS, Target, analyze_toy, causal_check, cka_dense, cka_lowrank, cov_cosine_dense, cov_cosine_lowrank,
     frob_cosine_lowrank, project, quick_measures, row_normalise,
 )
@@ -205,7 +205,7 @@ def test_toy_nonfinite_weights_name_layer_and_head(toy_setup):
     bad = ToyTransformer(ToyConfig(V, T, n_layers=2, dtype=torch.float64))
     with torch.no_grad():
         bad.V(1)[2, 3] = float("nan")
-    with pytest.raises(LeadTermError, match=r"V\.1 \(layer 1, head 0\)"):
+    with pytest.raises(LeadTermError, match=r"W_V of layer 1 head 0"):  # the toy's V.1 is its W_V of layer 1
         analyze_toy(bad, basis)
 
 
@@ -245,7 +245,7 @@ def test_quick_measures_toy(toy_setup):
 
 def test_family_gram_algebra_equals_dense():
     """The per-head O(d² r) path (shared bases) equals the dense k x k computation."""
-    from tl_leadterm.compare import Family
+    from tl_leadterm.analysis import Factored, Family
     g = gen(9)
     k, d, r = 25, 8, 3
     BL, BR = torch.randn(k, d, generator=g, dtype=torch.float64), torch.randn(k, d, generator=g, dtype=torch.float64) + 0.3
@@ -254,7 +254,37 @@ def test_family_gram_algebra_equals_dense():
     for _ in range(3):
         ML, MR = torch.randn(d, r, generator=g, dtype=torch.float64), torch.randn(d, r, generator=g, dtype=torch.float64)
         X = BL @ ML @ MR.T @ BR.T
-        m = fam.measure(ML, MR)
+        m = fam.measure(Factored(ML, MR.T))
         assert m["cov_cosine"] == pytest.approx(slow_cov_cosine(X, Tm), abs=1e-10)
         assert m["cka"] == pytest.approx(slow_cka(X, row_normalise(Tm)), abs=1e-10)
         assert m["cosine"] == pytest.approx(fro_cos(X, Tm), abs=1e-10)
+
+
+def test_factored_algebra_equals_dense():
+    from tl_leadterm.analysis import Factored
+    g = gen(11)
+    A, B = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    E = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    X = Factored(A, B)
+    assert X.shape == (7, 5) and X.rank == 3
+    assert torch.allclose((E @ X @ B.T).dense(), E @ A @ B @ B.T, atol=1e-12)
+    assert torch.allclose(X.T.dense(), (A @ B).T, atol=1e-12)
+    assert float(X.norm()) == pytest.approx(float((A @ B).norm()), rel=1e-12)
+    heads_l, heads_r = torch.randn(3, 7, 2, generator=g, dtype=torch.float64), torch.randn(3, 2, 5, generator=g, dtype=torch.float64)
+    mean = sum(heads_l[h] @ heads_r[h] for h in range(3)) / 3
+    assert torch.allclose(Factored.head_mean(heads_l, heads_r).dense(), mean, atol=1e-12)
+    assert [tuple(x.shape) for x in Factored.heads(heads_l, heads_r)] == [(7, 5)] * 3
+    with pytest.raises(LeadTermError, match="do not multiply"):
+        Factored(A, A)
+
+
+def test_projection_is_the_least_squares_fit():
+    from tl_leadterm.analysis import projection
+    g = gen(12)
+    B = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    R = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    R -= (R * B).sum() / (B * B).sum() * B          # orthogonal to B
+    fit = projection(3.0 * B + R, {"b": B})
+    assert fit.coef["b"] == pytest.approx(3.0, rel=1e-12)
+    assert torch.allclose(fit.residual, R, atol=1e-12)
+    assert fit.explained() == pytest.approx(float((3 * B).norm() ** 2 / (3 * B + R).norm() ** 2), rel=1e-12)

@@ -1,0 +1,208 @@
+"""Causal check: the held-out loss change when a weight's leading-term component is removed,
+against removing a random component of equal norm (mean ± sd over seeds).
+
+Toy model: for each weight, ``D`` = its leading-term direction (the basis tensor placed
+in the basis-token sub-block by :meth:`Basis.embed_block`, zero elsewhere); remove its
+component ``c D`` (``c = <W, D>/‖D‖²``) and measure the held-out loss change, against
+removing a random direction of equal norm on the same sub-block.
+Real model, per head: the token-space basis direction ``T`` (Q̄ for QK, Ḡ for OV) is
+pulled back to model space through the layer's attention inputs ``A`` of the basis
+tokens: ``D = Aᵀ T A`` (QK; ``d_model x d_model``) and ``D = Aᵀ T U_kᵀ`` (OV, with
+``U_k = W_U[:, token_ids]``).  Only the part of ``D`` that the head can represent is
+removed: for QK ``D_h = D Π_K`` (``Π_K`` = projector on the column space of ``W_K``),
+implemented as ``W_Q ← W_Q - c D W_K (W_KᵀW_K)⁺``; for OV ``D_h = D Π_O`` (row space
+of ``W_O``), implemented as ``W_V ← W_V - c D W_Oᵀ (W_O W_Oᵀ)⁺``, with
+``c = <X, D_h>/‖D_h‖²`` and ``X = W_Q W_Kᵀ`` or ``W_V W_O``.  The edit is applied
+through hooks (``hook_q``/``hook_v`` plus ``δ = attn_in @ Δ``), so it works
+identically on HookedTransformer and TransformerBridge.  The random control uses
+``R Π`` for a Gaussian ``R``, scaled to remove the same Frobenius norm from ``X``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..basis import Basis
+from ..corpus import Windows
+from ..errors import require
+from ..models import ModelAdapter, adapt
+from ..theory import CIRCUITS, leading, parse_weight
+from .compat import check_compatible
+from .table import NAN, frame, row
+
+
+def _as_tokens(tokens) -> Tensor:
+    if isinstance(tokens, Windows):
+        return tokens.tokens
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    return t[None] if t.dim() == 1 else t
+
+
+def _toy_loss(model, tokens) -> float:
+    from ..toy import windows_loss
+    if isinstance(tokens, Windows):
+        return windows_loss(model, tokens)
+    with torch.no_grad():
+        return float(model(_as_tokens(tokens).to(model.W_O.device), return_type="loss"))
+
+
+def _stats(deltas: list[float]) -> tuple[float, float]:
+    t = torch.tensor(deltas, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(deltas) > 1 else 0.0
+
+
+def causal_check(adapter_or_model, basis: Basis, tokens, *, seeds: int = 5, sites: Sequence[str] | None = None,
+                 layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, checkpoint: str = "",
+                 progress: bool = True) -> pd.DataFrame:
+    """Held-out loss change when the leading-term component is removed vs a random one of equal norm.
+
+    ``tokens``: held-out text as a token tensor ``[batch, pos]`` or :class:`~tl_leadterm.corpus.Windows`.
+    Rows (per weight or per head): ``loss_base``, ``loss_leading``, ``delta_leading``,
+    ``delta_random_mean``, ``delta_random_sd``, ``removed_norm``, ``coefficient``.
+    Toy sites: ``W_O``, ``V``, ``W``, ``P``; real-model sites: ``qk``, ``ov`` (see module docstring).
+    """
+    ad = adapt(adapter_or_model)
+    ad.check_finite()
+    check_compatible(ad, basis)
+    require(seeds >= 1, f"seeds must be >= 1 (got {seeds})")
+    checkpoint = checkpoint or ad.checkpoint
+    if ad.token_space:
+        return _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress)
+    return _causal_real(ad, basis, tokens, seeds, sites or ("qk", "ov"), layers, heads, checkpoint, progress)
+
+
+def _emit(rows, checkpoint, layer, head, site, target, base, lead_loss, rand_losses, removed, coef, extension=False):
+    dm, sd = _stats([x - base for x in rand_losses])
+    for m, v in (("loss_base", base), ("loss_leading", lead_loss), ("delta_leading", lead_loss - base),
+                 ("delta_random_mean", dm), ("delta_random_sd", sd), ("removed_norm", removed), ("coefficient", coef)):
+        rows.append(row(checkpoint, layer, head, site, m, v, target, f"{len(rand_losses)} random seeds", extension))
+
+
+def _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress) -> pd.DataFrame:
+    toy = ad.model
+    base = _toy_loss(toy, tokens)
+    rows = []
+    names = [n for n in toy.weights() if (sites is None or parse_weight(n)[0] in sites)
+             and (layers is None or parse_weight(n)[1] is None or parse_weight(n)[1] in layers)]
+    for name in tqdm(names, desc="causal check (toy)", disable=not progress, leave=False):
+        site, layer = parse_weight(name)
+        target = leading(name).term
+        p = toy.weights()[name]
+        src = getattr(basis, target).to(p.device, p.dtype)
+        D = basis.embed_block(src, p)                                  # the leading-term direction, zero elsewhere
+        mask = basis.embed_block(torch.ones_like(src), p) != 0         # the sub-block it lives on
+        dn2 = float((D * D).sum())
+        if dn2 == 0:
+            warnings.warn(f"{name}: the leading-term direction is zero; causal check undefined (NaN)")
+            _emit(rows, checkpoint, layer, None, site, target, base, NAN, [NAN], NAN, NAN)
+            continue
+        c = float((p.detach() * D).sum()) / dn2
+        removed = abs(c) * math.sqrt(dn2)
+        orig = p.detach().clone()
+        try:
+            with torch.no_grad():
+                p.sub_(c * D)
+            lead_loss = _toy_loss(toy, tokens)
+            rl = []
+            for s in range(seeds):
+                g = torch.Generator().manual_seed(1000 + s)
+                R = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.device, p.dtype) * mask
+                R = R / R.norm() * removed
+                with torch.no_grad():
+                    p.copy_(orig - R)
+                rl.append(_toy_loss(toy, tokens))
+        finally:
+            with torch.no_grad():
+                p.copy_(orig)
+        _emit(rows, checkpoint, layer, None, site, target, base, lead_loss, rl, removed, c)
+    return frame(rows)
+
+
+def head_edit_directions(ad: ModelAdapter, basis: Basis, layer: int, A: Tensor, site: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(X, Π, D)`` for one layer, all heads: ``X`` (h, d, d) the head matrices, ``Π`` (h, d, d) the
+    projectors of the removable subspace and ``D`` (d, d) the pulled-back basis direction (module docstring)."""
+    A = A.double().cpu()
+    if site == "qk":
+        WQ, WK = ad.W_Q(layer).double().cpu(), ad.W_K(layer).double().cpu()
+        X = WQ @ WK.transpose(1, 2)
+        D = A.T @ getattr(basis, CIRCUITS["qk"]).double().cpu() @ A
+        P = WK @ torch.linalg.pinv(WK)                       # Π_K (h, d, d), right-multiplied
+    else:
+        WV, WO = ad.W_V(layer).double().cpu(), ad.W_O(layer).double().cpu()
+        X = WV @ WO
+        U = ad.W_U.double().cpu()[:, basis.token_ids]
+        D = A.T @ getattr(basis, CIRCUITS["ov"]).double().cpu() @ U.T
+        P = torch.linalg.pinv(WO) @ WO                       # Π_O (h, d, d), right-multiplied
+    return X, P, D
+
+
+def _causal_real(ad, basis, tokens, seeds, sites, layers, heads, checkpoint, progress) -> pd.DataFrame:
+    for s in sites:
+        require(s in CIRCUITS, f"unknown causal-check site {s!r} for a TransformerLens model; choose qk or ov")
+    toks = _as_tokens(tokens)
+    base = ad.loss(toks)
+    reps = ad.token_representations(basis.token_ids)
+    layers = list(range(ad.n_layers)) if layers is None else list(layers)
+    heads = list(range(ad.n_heads)) if heads is None else list(heads)
+    rows = []
+    jobs = [(l, s) for l in layers for s in sites]
+    for l, site in tqdm(jobs, desc="causal check", disable=not progress, leave=False):
+        require(0 <= l < ad.n_layers, f"layer {l} out of range [0, {ad.n_layers})")
+        X, P, D = head_edit_directions(ad, basis, l, reps["attn_in"][l], site)
+        other = ad.W_K(l) if site == "qk" else ad.W_O(l)
+        for h in heads:
+            require(0 <= h < ad.n_heads, f"head {h} out of range [0, {ad.n_heads})")
+            Dh = D @ P[h]
+            dn2 = float((Dh * Dh).sum())
+            target = CIRCUITS[site]
+            if dn2 == 0:
+                warnings.warn(f"layer {l} head {h} {site}: the basis direction is zero in this head's subspace (NaN)")
+                _emit(rows, checkpoint, l, h, site, target, base, NAN, [NAN], NAN, NAN)
+                continue
+            c = float((X[h] * Dh).sum()) / dn2
+            removed = abs(c) * math.sqrt(dn2)
+            lead_loss = ad.loss(toks, _edit_hooks(ad, l, h, site, c * D, other[h]))
+            rl = []
+            for s in range(seeds):
+                g = torch.Generator().manual_seed(1000 + s)
+                Rm = torch.randn(D.shape, generator=g, dtype=torch.float64)
+                Rh = Rm @ P[h]
+                scale = removed / float(Rh.norm())
+                rl.append(ad.loss(toks, _edit_hooks(ad, l, h, site, scale * Rm, other[h])))
+            _emit(rows, checkpoint, l, h, site, target, base, lead_loss, rl, removed, c)
+    return frame(rows)
+
+
+def weight_delta(site: str, Dfull: Tensor, other: Tensor) -> Tensor:
+    """The change of W_Q (``qk``: ``Dfull W_K (W_KᵀW_K)⁺``) or W_V (``ov``: ``Dfull W_Oᵀ (W_O W_Oᵀ)⁺``) that removes ``Dfull Π``."""
+    other = other.double().cpu()
+    if site == "qk":
+        return Dfull @ torch.linalg.pinv(other).T            # W_K⁺ᵀ = W_K (W_KᵀW_K)⁺
+    return Dfull @ torch.linalg.pinv(other)                   # W_O⁺ = W_Oᵀ (W_O W_Oᵀ)⁺
+
+
+def _edit_hooks(ad: ModelAdapter, layer: int, head: int, site: str, Dfull: Tensor, other: Tensor):
+    """Forward hooks that subtract ``attn_in @ Δ`` from head ``head``'s q (qk) or v (ov)."""
+    delta = weight_delta(site, Dfull, other).to(ad.device, ad.dtype)   # d_model x d_head
+    store = {}
+    in_name = f"blocks.{layer}.ln1.hook_normalized"
+
+    def keep(x, hook):
+        store["x"] = x
+        return x
+
+    def edit(x, hook):
+        x = x.clone()
+        x[:, :, head, :] -= store["x"] @ delta
+        return x
+
+    out_name = f"blocks.{layer}.attn.hook_q" if site == "qk" else f"blocks.{layer}.attn.hook_v"
+    return [(in_name, keep), (out_name, edit)]
+

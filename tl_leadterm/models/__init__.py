@@ -1,0 +1,37 @@
+"""Model adapters: one interface over TransformerLens models, the toy model and raw GPT-NeoX.
+
+Stable API (used by the analysis, the report and the training monitor)
+-----------------------------------------------------------------------
+``load_model(spec, revision=None, *, device="cpu", dtype=torch.float32, backend="auto") -> ModelAdapter``
+    ``spec`` is any of
+
+    * an already-loaded model: a TL 3.x ``HookedTransformer``, a TL 4.x
+      ``TransformerBridge`` (``enable_compatibility_mode()`` is called if it was not),
+      a :class:`~tl_leadterm.toy.ToyTransformer`, or a :class:`ModelAdapter`;
+    * ``"toy:PATH"``: a ``toy.safetensors`` file or a folder holding one;
+    * a local Hugging Face model directory (``config.json`` + weights + tokenizer);
+    * a hub name such as ``EleutherAI/pythia-70m`` with ``revision="stepN"`` for a
+      Pythia training checkpoint (needs network; the tests use local directories).
+
+    ``backend="auto"`` uses ``TransformerBridge`` when TransformerLens >= 4 is
+    installed and ``HookedTransformer`` on 3.x (``"bridge"`` / ``"hooked"`` force
+    one).  Both apply TransformerLens' default weight processing (LayerNorm folded
+    into W_Q/W_K/W_V and W_U, writing weights and unembedding centred, value
+    biases folded), so the two backends give the same numbers.
+
+``adapt(model, *, fold=True)`` wraps a model already in memory; a raw Hugging Face
+GPT-NeoX model (e.g. Pythia being trained) becomes an :class:`HFNeoXAdapter`.
+
+One module per job: :mod:`.adapter` (the interface), :mod:`.hf` (raw GPT-NeoX),
+:mod:`.loading` (loading, Pythia revisions, :func:`save_random_pythia` for offline tests).
+"""
+
+from .adapter import ModelAdapter
+from .hf import HFNeoXAdapter
+from .loading import (
+    HAS_BRIDGE, PYTHIA_REVISIONS, PYTHIA_STEPS, adapt, default_backend, load_model, save_random_pythia, tl_version,
+    validate_revision,
+)
+
+__all__ = ["ModelAdapter", "HFNeoXAdapter", "HAS_BRIDGE", "PYTHIA_REVISIONS", "PYTHIA_STEPS", "adapt",
+           "default_backend", "load_model", "save_random_pythia", "tl_version", "validate_revision"]

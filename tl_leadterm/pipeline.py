@@ -1,0 +1,215 @@
+"""The main job as a library function: corpus → basis → toy model (monitored) → analysis → views → report.
+
+``run_demo(DemoConfig(out="out/demo"))`` does what ``tl-leadterm demo`` does and returns a
+:class:`DemoResult`.  Every setting is a field of :class:`DemoConfig`, validated (with
+one-line errors that name the field) before any work starts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .errors import require
+from .io import ensure_writable_dir, write_json_atomic, write_text_atomic
+
+DEMO_TEXT = "sue saw a bird. the bird flew up in the sky. the big fish swam in the pond. dad drove the red car."
+DEMO_TOKENS = ("bird", "fish", "car")
+#: where a development checkout keeps the Pythia tokenizer (../shared beside the repository); not needed by the package
+PYTHIA_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt-neox-20b-tokenizer.json"
+CHECKPOINT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the main job (the fields are the ``tl-leadterm demo`` options)."""
+
+    out: str | Path
+    seq_len: int = 32
+    layers: int = 2
+    steps: int = 40
+    lr: float = 2.0
+    batch_size: int = 128          # 0: full batch
+    seed: int = 0
+    text: str = DEMO_TEXT
+    tokens: tuple[str, ...] = DEMO_TOKENS
+    pythia_tokenizer: str | Path | None = None   # None: ../shared's, when present
+    no_pythia: bool = False
+
+    def validate(self) -> "DemoConfig":
+        require(self.seq_len >= 2, f"{{seq_len}} must be >= 2 (got {self.seq_len})")
+        require(self.layers >= 1, f"{{layers}} must be >= 1 (got {self.layers})")
+        require(self.steps >= 1, f"{{steps}} must be >= 1 (got {self.steps})")
+        require(self.lr > 0, f"{{lr}} must be positive (got {self.lr})")
+        require(self.batch_size >= 0, f"{{batch_size}} must be >= 0 (got {self.batch_size})")
+        require(len(self.tokens) > 0, "{tokens} must list at least one token, e.g. bird,fish")
+        require(bool(self.text.strip()), "{text} is empty; give a text for the attention views")
+        require(self.no_pythia or self.pythia_tokenizer is None or Path(self.pythia_tokenizer).is_file(),
+                f"{{pythia_tokenizer}} {self.pythia_tokenizer} not found; give the Pythia tokenizer.json or {{no_pythia}}")
+        return self
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        return sorted({s for s in CHECKPOINT_STEPS if s < self.steps} | {self.steps})
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    summary: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
+    """Run the whole pipeline into ``cfg.out`` (see the module docstring)."""
+    from . import visual
+    from .analysis import analyze_toy, write_table
+    from .basis import compute_basis
+    from .corpus import load_corpus
+    from .monitor import TrainingMonitor
+    from .report import build_report
+    from .toy import ToyConfig, ToyTransformer, train_toy
+
+    cfg.validate()
+    out = ensure_writable_dir(cfg.out)  # before any work
+    t_start = time.perf_counter()
+    bar = tqdm(total=8, desc="demo", unit="stage", disable=not progress)
+    torch.manual_seed(cfg.seed)
+    _stage(bar, "corpus")
+    windows = load_corpus("builtin:stories", seq_len=cfg.seq_len)
+    _stage(bar, "basis")
+    basis = compute_basis(windows, top_k=windows.vocab_size)
+    for tok in cfg.tokens:  # unknown explorer tokens fail now, not after training
+        visual.resolve_token(basis, tok)
+    basis.save(out / "basis.safetensors")
+
+    _stage(bar, "toy training")
+    model = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
+    ckpt_steps = cfg.checkpoint_steps
+    snapshots: dict[int, dict] = {}
+    notes: list[str] = []
+    monitor = TrainingMonitor(model, basis, out / "monitor.jsonl", every=max(1, cfg.steps // 20),
+                              lr=cfg.lr if cfg.batch_size == 0 else None)
+
+    def callback(step, m, loss):
+        monitor.callback(step, m, loss)
+        if step in ckpt_steps:
+            snapshots[step] = {k: v.detach().clone() for k, v in m.weights().items()}
+
+    t0 = time.perf_counter()
+    res = train_toy(model, windows, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or None, seed=cfg.seed,
+                    callback=callback)
+    t_train = time.perf_counter() - t0
+    monitor.close()
+    model.save(out / "toy.safetensors", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or "full", seed=cfg.seed)
+
+    _stage(bar, "analysis")
+    frames = []
+    for step in ckpt_steps:
+        snap = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
+        with torch.no_grad():
+            for k, p in snap.weights().items():
+                p.copy_(snapshots[step][k])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # W and P are still ~0 at the first steps: NaN cosines warn
+            frames.append(analyze_toy(snap, basis, checkpoint=f"step{step}"))
+    write_table(pd.concat(frames, ignore_index=True), out, "analysis")
+
+    _stage(bar, "attention views")
+    views = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        comp = visual.compare_attention(model, basis, cfg.text, name=f"toy model ({cfg.layers} layers, step {cfg.steps})")
+    for w in caught:
+        print(f"warning: {w.message}")
+    views += [("Attention: toy model", v) for v in comp.views()]
+    scale_tables = [comp.scale_table()]
+
+    _stage(bar, "association explorer")
+    assoc = visual.associations(basis, list(cfg.tokens), model=model, top=8)
+    write_text_atomic(out / "associations.csv", assoc.to_csv(index=False))
+    views += [("Association explorer", visual.association_view(assoc, tok)) for tok in dict.fromkeys(assoc["token"])]
+
+    _stage(bar, "Pythia-architecture model")
+    try:
+        pythia_note = _pythia_section(cfg, out, views, notes, scale_tables)
+    except Exception as e:  # the real-model example must not sink the main job
+        msg = f"Pythia-architecture section failed ({type(e).__name__}: {e}); the report shows the toy model only"
+        print(f"warning: {msg}")
+        notes.append(msg)
+        pythia_note = "no Pythia-architecture section (it failed; see notes)"
+    write_text_atomic(out / "attention_scales.csv", pd.concat(scale_tables, ignore_index=True).to_csv(index=False))
+
+    _stage(bar, "report")
+    write_json_atomic(out / "views.json", [{**v.to_json(), "section": s} for s, v in views])
+    summary = {
+        "text": ("The whole tl_leadterm pipeline on the embedded corpus (builtin:stories): the basis of the corpus over "
+                 "its full word vocabulary, the paper's attention-only toy model trained from zero with plain SGD, its "
+                 "weights compared with their leading terms at several checkpoints, attention views, the association "
+                 "explorer and " + pythia_note + "."),
+        "corpus": f"builtin:stories, {windows.n_windows} windows of T={cfg.seq_len}, |V|={windows.vocab_size}",
+        "toy model": f"{cfg.layers} layers, {cfg.steps} steps, lr={cfg.lr}, "
+                     + (f"batch {cfg.batch_size} windows" if cfg.batch_size else "full batch") + f", seed {cfg.seed}",
+        "loss": f"{res.losses[0]:.4f} -> {res.losses[-1]:.4f}",
+        "training seconds": round(t_train, 1),
+        "checkpoints analysed": ", ".join(f"step{s}" for s in ckpt_steps),
+        "notes": "; ".join(notes) or "none",
+    }
+    write_json_atomic(out / "summary.json", summary)
+    path = build_report(out, out / "report.html", title="tl_leadterm demo: gradient leading terms on the embedded corpus")
+    summary["total seconds"] = round(time.perf_counter() - t_start, 1)
+    write_json_atomic(out / "summary.json", summary)
+    bar.close()
+    return DemoResult(path, summary, notes)
+
+
+def _stage(bar, text: str) -> None:
+    bar.set_description(text)
+    bar.update(1)
+
+
+def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_tables: list) -> str:
+    """Random local Pythia-architecture model + Pythia-tokenized basis: attention views and analysis table."""
+    if cfg.no_pythia:
+        notes.append("Pythia-architecture section skipped (--no-pythia)")
+        return "no Pythia-architecture section"
+    tok = Path(cfg.pythia_tokenizer) if cfg.pythia_tokenizer is not None else PYTHIA_TOKENIZER
+    if not tok.is_file():
+        notes.append(f"Pythia tokenizer {tok} not found: Pythia-architecture section skipped")
+        return "no Pythia-architecture section (tokenizer file not found)"
+    from .analysis import analyze_model, write_table
+    from .basis import compute_basis
+    from .corpus import load_corpus
+    from .models import load_model, save_random_pythia
+    from .visual import compare_attention
+
+    try:  # transformers' own progress bars (writing/loading the model) add nothing here
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+    windows = load_corpus("builtin:stories", seq_len=cfg.seq_len, tokenizer=str(tok), vocab_size=50304)
+    basis = compute_basis(windows, top_k=200, mode="merge-other", progress=False)
+    with tempfile.TemporaryDirectory() as d:
+        mdir = save_random_pythia(Path(d) / "pythia", tok, n_layers=2, d_model=64, n_heads=4, seed=cfg.seed)
+        ad = load_model(str(mdir))
+        ad.name = "random Pythia-architecture model (2 layers, 4 heads, d_model 64)"
+        df = analyze_model(ad, basis, checkpoint="init", progress=False)
+        write_table(df, out, "model_analysis")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            comp = compare_attention(ad, basis, cfg.text, name=ad.name)
+        for w in caught:
+            if "truncated" in str(w.message):
+                print(f"warning: {w.message}")
+    scale_tables.append(comp.scale_table())
+    views += [("Attention: Pythia-architecture model", v) for v in comp.views()]
+    return ("a randomly initialised Pythia-architecture model (Pythia tokenizer, basis over the 200 most frequent "
+            "tokens, merge-other mode) as the real-model example")

@@ -1,0 +1,123 @@
+"""Association explorer (the paper's qualitative analysis).
+
+For a chosen token, its row of each basis matrix in THEORY.md orientation
+(:data:`tl_leadterm.theory.TERMS`), the largest entries over the basis tokens: B̄ (token as
+current → next tokens), Φ̄ (token as next → context tokens), ΣB̄ (interchangeable
+tokens), M (token in context → current token written), Ḡ (token in context →
+next tokens promoted), Q̄ (token as query → keys).  For a toy model also the
+learned weights' rows on the basis tokens (``W_O``, ``V.l``, ``W.l``, and the OV
+product ``V.l·W_O``) and the *residual* of each weight beyond its leading term,
+``R = A - c* B`` with ``c* = <A, B>/|B|²`` (largest ``|R|`` entries).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..analysis.measures import projection
+from ..basis import Basis
+from ..errors import LeadTermError, require
+from ..theory import MATRIX_NAMES, TERMS, leading
+from .views import CVView
+
+
+def resolve_token(basis: Basis, token) -> int:
+    """The basis index of ``token``: a string (exact, then stripped/lower-cased match) or an id;
+    a one-line error names close matches."""
+    strs = basis.token_strs()
+    if isinstance(token, int):
+        i = int(basis.index_of([token])[0])
+        require(i >= 0, f"token id {token} is not one of the basis' {basis.k} tokens; choose a more frequent token")
+        return i
+    for cand in (token, token.strip(), " " + token.strip(), token.strip().lower(), " " + token.strip().lower()):
+        if cand in strs:
+            return strs.index(cand)
+    near = [s for s in strs if token.strip().lower() in s.lower()][:5]
+    raise LeadTermError(f"token {token!r} is not one of the basis' {basis.k} tokens"
+                        + (f" (close: {', '.join(map(repr, near))})" if near else "") + "; choose a token from the basis")
+
+
+def _residual(A: Tensor, B: Tensor) -> Tensor:
+    """``A`` minus its best multiple of ``B`` (:func:`~tl_leadterm.analysis.measures.projection`)."""
+    return projection(A, {"term": B}).residual
+
+
+def association_sources(basis: Basis, model=None) -> dict[str, tuple[Tensor, str]]:
+    """``{source name: (k x k matrix over the basis tokens, description)}`` for the explorer (module docstring)."""
+    out: dict[str, tuple[Tensor, str]] = {}
+    for name in MATRIX_NAMES:
+        t = TERMS[name]
+        out[t.symbol] = (getattr(basis, name).double().cpu(), f"{name}: token as {t.rows} → {t.columns} tokens")
+    if model is not None:
+        from ..analysis.compat import check_compatible
+        from ..models import adapt
+        ad = adapt(model)
+        require(ad.token_space, "learned-weight associations need the toy model (its weights live in token space)")
+        check_compatible(ad, basis)
+        weights = {name: w.detach().double().cpu() for name, w in ad.model.weights().items()}
+        learned = {"W_O": basis.sub_block(weights["W_O"])}
+        for l in range(ad.n_layers):
+            learned[f"V.{l}"] = basis.sub_block(weights[f"V.{l}"])
+            learned[f"W.{l}"] = basis.sub_block(weights[f"W.{l}"])
+            learned[f"V.{l}·W_O"] = basis.sub_block(weights[f"V.{l}"] @ weights["W_O"])
+        for name, A in learned.items():
+            t = TERMS[leading(name).term]
+            out[f"learned {name}"] = (A, f"learned weight {name} (compare {t.symbol}): row = {t.rows}, columns = {t.columns}")
+            out[f"residual {name}"] = (_residual(A, getattr(basis, t.name).double().cpu()),
+                                       f"{name} minus its best multiple of {t.symbol}: beyond the leading term (largest |value|)")
+    return out
+
+
+def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: int = 8):
+    """Long DataFrame ``token, source, rank, associate, value, description`` of the top associates.
+
+    Sources: B̄, Φ̄, ΣB̄, M, Ḡ, Q̄ and, with a toy ``model``, its learned weights and their
+    residuals beyond the leading term (ranked by ``|value|``; the others by value).
+    """
+    import pandas as pd
+
+    require(top >= 1, f"top must be >= 1 (got {top})")
+    strs = basis.token_strs()
+    srcs = association_sources(basis, model)
+    rows = []
+    for tok in tokens:
+        i = resolve_token(basis, tok)
+        for src, (A, desc) in srcs.items():
+            row = A[i]
+            key = row.abs() if src.startswith("residual") else row
+            order = torch.sort(-key, stable=True).indices[: min(top, row.numel())]
+            for rank, j in enumerate(order.tolist(), 1):
+                rows.append({"token": strs[i], "source": src, "rank": rank, "associate": strs[j],
+                             "value": float(row[j]), "description": desc})
+    return pd.DataFrame(rows, columns=["token", "source", "rank", "associate", "value", "description"])
+
+
+def association_table(df, token: str):
+    """Wide view of :func:`associations` for one token: rows = rank, columns = source, cells ``'tok (value)'``."""
+    sub = df[df["token"] == token]
+    require(len(sub) > 0, f"no associations for token {token!r}")
+    sub = sub.assign(cell=[f"{a!r} ({v:.3g})" for a, v in zip(sub["associate"], sub["value"])])
+    tab = sub.pivot(index="rank", columns="source", values="cell")[list(dict.fromkeys(sub["source"]))]
+    tab.columns.name = None
+    return tab
+
+
+def association_view(df, token: str) -> CVView:
+    """circuitsvis ``ColoredTokensMulti``: the union of top associates, one value set per source (scaled to max |value| = 1)."""
+    sub = df[df["token"] == token]
+    require(len(sub) > 0, f"no associations for token {token!r}")
+    sources = list(dict.fromkeys(sub["source"]))
+    assoc = list(dict.fromkeys(sub["associate"]))
+    vals = torch.zeros(len(assoc), len(sources), dtype=torch.float64)
+    for j, src in enumerate(sources):
+        s = sub[sub["source"] == src]
+        m = max(float(s["value"].abs().max()), 1e-300)
+        for a, v in zip(s["associate"], s["value"]):
+            vals[assoc.index(a), j] = v / m
+    return CVView("ColoredTokensMulti", {"tokens": [f" {a} " for a in assoc], "values": vals.float().numpy().round(4),
+                                        "labels": sources},
+                  title=f"associates of {token!r}",
+                  caption="Top associates under each source (click a source to colour by it; values scaled to max |value| = 1).")
