@@ -69,7 +69,7 @@ def test_missing_corpus(ws, capsys):
 @pytest.mark.parametrize("corpus", ["ok.txt", "ok.npy"])
 def test_seq_len_below_two(ws, capsys, seq_len, corpus):
     msg = cli_error(capsys, basis_cmd(ws, corpus, "--top-k", 2, "--vocab-size", V, seq_len=seq_len), ws / "out")
-    assert "--seq-len must be at least 2" in msg
+    assert "--seq-len must be an integer >= 2" in msg
 
 
 def test_seq_len_differs_from_npy_width(ws, capsys):

@@ -335,3 +335,19 @@ def test_toy_model_file_round_trip(tmp_path):
     assert float(loaded.W(1).detach().abs().max()) > 0 and float(loaded.P(0).detach().abs().max()) > 0
     assert loaded.tokenizer.words == w.tokenizer.words
     assert torch.equal(loaded(w.inputs), model(w.inputs))
+
+
+def test_word_tokenizer_as_a_hugging_face_tokenizer(tmp_path):
+    """The paper's word tokenizer saved as a Hugging Face fast tokenizer: same ids, same fingerprint, reloadable."""
+    from transformers import AutoTokenizer
+
+    from tl_leadterm.tokenization import wrap_hf_tokenizer
+    docs = read_documents("builtin:stories")
+    tok = build_word_tokenizer(docs + ["Hello, World!! 3.14 zebra-crossing"])
+    hf = tok.to_hf()
+    for d in docs[:300] + ["Hello, World!! 3.14 zebra-crossing", "  spaced\tout\nlines ", "UNKNOWN words here"]:
+        assert hf.encode(d, add_special_tokens=False) == tok.encode(d), d
+    hf.save_pretrained(str(tmp_path))
+    back = wrap_hf_tokenizer(AutoTokenizer.from_pretrained(str(tmp_path)), str(tmp_path))
+    assert back.identity["fingerprint"] == tok.identity["fingerprint"]
+    assert back.eos_id == tok.eos_id == 0 and back.token_strs([2, 3]) == tok.token_strs([2, 3])

@@ -19,7 +19,7 @@ def demo(shared_data, tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["demo", "--out", str(out), "--steps", "4", "--seq-len", "8", "--batch-size", "32", "--lr", "1.0",
-                   "--pythia-tokenizer", str(shared_data / "gpt-neox-20b-tokenizer.json")])
+                   "--neox-steps", "4", "--pythia-tokenizer", str(shared_data / "gpt-neox-20b-tokenizer.json")])
     assert rc == 0
     return out, buf.getvalue()
 
@@ -31,7 +31,8 @@ def test_demo_prints_the_report_path(demo):
 
 def test_demo_writes_every_output(demo):
     out, _ = demo
-    for name in ("analysis.csv", "model_analysis.csv", "associations.csv", "views.json", "summary.json",
+    for name in ("analysis.csv", "model_analysis.csv", "neox_analysis.csv", "head_ranking.csv", "neox_associations.csv",
+                 "associations.csv", "views.json", "summary.json",
                  "basis.safetensors", "toy.safetensors", "monitor.jsonl", "attention_scales.csv",
                  "plots/analysis_similarity_vs_step.png", "plots/monitor_similarity.png"):
         assert (out / name).is_file(), name
@@ -55,9 +56,50 @@ def test_demo_analyses_each_checkpoint(demo):
 def test_demo_views_cover_toy_pythia_and_explorer(demo):
     out, _ = demo
     sections = {v["section"] for v in json.loads((out / "views.json").read_text())}
-    assert {"Attention: toy model", "Attention: Pythia-architecture model", "Association explorer"} <= sections
+    assert {"Attention: toy model", "Attention: Pythia-architecture model", "Association explorer",
+            "Attention: trained GPT-NeoX", "Beyond the leading term: trained GPT-NeoX",
+            "Association explorer: trained GPT-NeoX"} <= sections
     scales = pd.read_csv(out / "attention_scales.csv")
-    assert len(scales) == 2 + 2 * 4 and scales["fit_residual"].notna().all()  # toy: 2 layers x 1 head; Pythia: 2 x 4
+    assert len(scales) == 2 + 2 * 4 + 2 * 4 and scales["fit_residual"].notna().all()  # toy 2x1, GPT-NeoX 2x4, Pythia 2x4
+
+
+def test_demo_trains_a_gpt_neox_and_sweeps_it_beyond_the_leading_term(demo):
+    """The real-architecture model is analysed as deeply as the toy: per head, per site, per checkpoint."""
+    out, _ = demo
+    df = pd.read_csv(out / "neox_analysis.csv")
+    assert list(dict.fromkeys(df.checkpoint)) == ["step0", "step1", "step2", "step4"]      # Pythia's schedule up to 4
+    per_head = df[df.extension & df["head"].notna()]
+    assert set(per_head.site) >= {"key_query", "circuit_qk", "circuit_ov", "circuit_ov_embed"}
+    assert {"coef", "explained", "residual_norm", "residual_rel_norm", "residual_pair", "residual_sv"} <= set(per_head.measure)
+    ex = per_head[per_head.measure == "explained"].value
+    assert ex.between(0, 1).all() and ex.notna().all()
+    rank = pd.read_csv(out / "head_ranking.csv")
+    assert len(rank) == 4 * 4 * 2 * 4 and set(rank["rank"]) == set(range(1, 9))   # ckpts x sites x layers x heads
+    assoc = pd.read_csv(out / "neox_associations.csv")
+    assert {"learned circuit_ov L0", "residual circuit_ov L1", "learned circuit_qk L1"} <= set(assoc.source)
+
+
+def test_demo_report_has_the_real_model_section(demo):
+    out, _ = demo
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Trained GPT-NeoX model (neox_analysis.csv)" in html and "Beyond the leading term: Trained GPT-NeoX model" in html
+    assert "Heads ranked by the explained fraction" in html and "least explained OV head" in html
+    assert (out / "plots" / "neox_analysis_explained_circuit_ov.png").is_file()
+    assert (out / "plots" / "neox_analysis_explained_sweep.png").is_file()
+
+
+@pytest.mark.browser
+def test_demo_report_renders_in_chromium(demo):
+    from test_report import _chromium, _load, _uncaught
+    if not _chromium():
+        pytest.skip("chromium is not installed (scripts/test.sh installs it)")
+    out, _ = demo
+    dom, errors, stderr = _load(out / "report.html")
+    assert errors == [] and _uncaught(stderr) == []
+    divs = re.findall(r'<div class="cv-view" id="([^"]+)" data-element="([^"]+)">(.*?)</div>', dom, re.S)
+    assert len(divs) == len(json.loads((out / "views.json").read_text()))
+    for vid, element, inner in divs:
+        assert inner.strip().startswith("<div"), f"view {vid} ({element}) rendered nothing"
 
 
 def test_report_command_rebuilds_the_report(demo, tmp_path):
@@ -94,9 +136,12 @@ def test_demo_as_a_library_call(tmp_path):
     with pytest.raises(LeadTermError, match="^steps must be >= 1"):
         run_demo(DemoConfig(out=tmp_path / "x", steps=0), progress=False)
     assert not (tmp_path / "x").exists()
-    res = run_demo(DemoConfig(out=tmp_path / "d", steps=2, seq_len=8, batch_size=32, no_pythia=True), progress=False)
+    res = run_demo(DemoConfig(out=tmp_path / "d", steps=2, seq_len=8, batch_size=32, no_pythia=True, neox_steps=2),
+                   progress=False)
     assert res.report == tmp_path / "d" / "report.html" and res.report.is_file()
     assert "skipped (--no-pythia)" in res.summary["notes"]
+    # no Pythia tokenizer needed: the real-architecture section uses the word tokenizer saved as a Hugging Face one
+    assert (tmp_path / "d" / "neox_analysis.csv").is_file() and "Beyond the leading term" in res.report.read_text()
 
 
 def test_demo_unwritable_out_fails_before_work(tmp_path, capsys):

@@ -11,6 +11,7 @@ the CLI writes them as the flags that set them (``--top-k``).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
@@ -54,8 +55,20 @@ def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return names
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that every staging folder and temporary file is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -69,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
     except MemoryError:
-        print("error: out of memory; use a smaller --top-k, --dtype float32 or a smaller corpus", file=sys.stderr)
+        print("error: out of memory (an allocation the up-front estimates did not foresee); nothing was written; "
+              "try a smaller problem (fewer tokens, a shorter --seq-len, a smaller model) or a machine with more memory",
+              file=sys.stderr)
         return 2
 
 

@@ -40,9 +40,20 @@ from torch import Tensor
 
 from .data.stories import DEFAULT_CORPUS_NAME, default_corpus_texts
 from .errors import LeadTermError, require
+from .io import available_bytes
 from .tokenization import EOS_TEXT, Tokenizer, WordTokenizer, resolve_tokenizer
 
 DEFAULT_DATASET_MAX_DOCS = 50_000
+#: more token ids than any tokenizer has (and than an index tensor over the vocabulary could hold)
+MAX_VOCAB = 2**31 - 1
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    """``value`` is None or an int in ``[lo, hi]``; otherwise a one-line error naming the parameter."""
+    if value is None:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    require(ok, f"{{{name}}} must be an integer >= {lo}" + (f" and <= {hi:,}" if hi is not None else "") + f", got {value!r}")
 
 
 @dataclass
@@ -141,16 +152,32 @@ def _split_documents(text: str) -> list[str]:
     return [d.strip() for d in docs if d.strip()]
 
 
-def _read_text_path(p: Path) -> list[str]:
+def _read_text_path(p: Path, encoding: str = "utf-8") -> list[str]:
     files = [p] if p.is_file() else sorted(q for q in p.rglob("*.txt") if q.is_file())
     require(bool(files), f"folder {p} has no .txt files; give a text file, a folder of .txt files, a .npy array or a dataset name")
     docs: list[str] = []
     for f in files:
-        try:
-            docs.extend(_split_documents(f.read_text(encoding="utf-8", errors="replace")))
-        except OSError as e:
-            raise LeadTermError(f"cannot read {f}: {e.strerror}; check the path and its permissions") from None
+        docs.extend(_split_documents(read_text(f, encoding)))
     return docs
+
+
+def read_text(f: Path, encoding: str = "utf-8") -> str:
+    """The text of ``f`` in ``encoding``; a binary file or bytes that are not ``encoding`` are refused in one line."""
+    try:
+        data = f.read_bytes()
+    except OSError as e:
+        raise LeadTermError(f"cannot read {f}: {e.strerror}; check the path and its permissions") from None
+    nul = data.find(b"\x00")
+    if nul >= 0 and not encoding.lower().replace("-", "").startswith("utf16"):
+        raise LeadTermError(f"{f} is not text (a NUL byte at offset {nul}: a binary file, an image or an archive?); "
+                            "give a text file")
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise LeadTermError(f"unknown {{encoding}} {encoding!r}; give a Python codec name such as utf-8 or latin-1") from None
+    except UnicodeDecodeError as e:
+        raise LeadTermError(f"{f} is not valid {encoding} text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                            f"pass the file's {{encoding}} (e.g. latin-1) or convert it to UTF-8") from None
 
 
 def _read_dataset(name: str, text_column: str, split: str, max_docs: int | None) -> list[str]:
@@ -194,8 +221,10 @@ def _read_dataset(name: str, text_column: str, split: str, max_docs: int | None)
 
 
 def read_documents(source: str | os.PathLike, *, text_column: str = "text", split: str = "train",
-                   max_docs: int | None = None) -> list[str]:
-    """Read the documents of a text source (see the module docstring)."""
+                   max_docs: int | None = None, encoding: str = "utf-8") -> list[str]:
+    """Read the documents of a text source (see the module docstring); text files must be ``encoding``."""
+    require(max_docs is None or (isinstance(max_docs, int) and not isinstance(max_docs, bool) and max_docs >= 1),
+            f"{{max_docs}} must be a positive integer, got {max_docs!r}")
     s = str(source)
     if s == DEFAULT_CORPUS_NAME or s == "builtin":
         docs = default_corpus_texts()
@@ -205,9 +234,11 @@ def read_documents(source: str | os.PathLike, *, text_column: str = "text", spli
         p = Path(s)
         if p.is_file() and p.suffix.lower() in _DATASET_FILE_BUILDERS:
             docs = _read_dataset(s, text_column, split, max_docs)
-        elif p.is_file() or (p.is_dir() and any(p.rglob("*.txt")) and not _looks_like_dataset_dir(p)):
-            docs = _read_text_path(p)
-        elif p.is_dir() or ("/" in s and not s.startswith((".", "/", "~")) and p.suffix.lower() not in _FILE_SUFFIXES):
+        elif p.is_file():
+            docs = _read_text_path(p, encoding)
+        elif p.is_dir():
+            docs = _read_dataset(s, text_column, split, max_docs) if _looks_like_dataset_dir(p) else _read_text_path(p, encoding)
+        elif "/" in s and not s.startswith((".", "/", "~")) and p.suffix.lower() not in _FILE_SUFFIXES:
             docs = _read_dataset(s, text_column, split, max_docs)
         else:
             raise LeadTermError(f"corpus {s!r} not found; give {DEFAULT_CORPUS_NAME}, a text file, a folder of .txt files, a .npy array, or a dataset name like roneneldan/TinyStories")
@@ -233,6 +264,11 @@ def windows_from_documents(docs_ids: Sequence[Sequence[int]], seq_len: int, *, e
     require(seq_len >= 2, f"{{seq_len}} must be at least 2 (got {seq_len})")
     require(pack in ("join", "cut"), f"pack must be 'join' or 'cut', got {pack!r}")
     W = seq_len + 1
+    n_tokens = sum(len(ids) for ids in docs_ids)
+    rows = sum(-(-len(ids) // W) for ids in docs_ids) if pack == "cut" else n_tokens // W + 1
+    need, have = 2 * rows * W * 8, available_bytes()
+    require(need <= have, f"{rows:,} windows of {W:,} tokens need about {need / 2**30:.1f} GB but {have / 2**30:.1f} GB is "
+                          f"available; use a smaller {{seq_len}}" + (" or pack 'join'" if pack == "cut" else " or a smaller corpus"))
     if pack == "join":
         pieces = []
         for ids in docs_ids:
@@ -264,7 +300,7 @@ def windows_from_documents(docs_ids: Sequence[Sequence[int]], seq_len: int, *, e
 def validate_token_array(arr: np.ndarray, vocab_size: int | None, seq_len: int | None, what: str = "the token array") -> np.ndarray:
     """Check a pre-tokenized ``[n, T+1]`` array and return it as int64."""
     require(vocab_size is not None, f"{what} is pre-tokenized: pass {{vocab_size}} (the number of token ids)")
-    require(vocab_size >= 2, f"{{vocab_size}} must be at least 2 (got {vocab_size})")
+    _check_int("vocab_size", vocab_size, 2, MAX_VOCAB)
     require(arr.ndim == 2, f"{what} must have shape [n, T+1], got shape {list(arr.shape)}")
     require(arr.shape[0] > 0, f"{what} is empty; give at least one window")
     require(arr.shape[1] >= 3, f"{what} has width {arr.shape[1]}: windows need T+1 >= 3 tokens")
@@ -292,16 +328,21 @@ def windows_from_tokens(tokens, vocab_size: int, lengths=None, tokenizer: Tokeni
 
 def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, vocab_size: int | None = None,
                 pack: str = "join", text_column: str = "text", split: str = "train", max_docs: int | None = None,
-                word_vocab_size: int | None = None, word_min_count: int = 1) -> Windows:
+                word_vocab_size: int | None = None, word_min_count: int = 1, encoding: str = "utf-8") -> Windows:
     """Read a corpus source and return its token windows.
 
     ``tokenizer``: a :class:`~tl_leadterm.tokenization.Tokenizer`, ``"words"``
     (default for text), a tokenizer path or hub name, or a TransformerLens model.
     ``vocab_size`` defaults to the tokenizer's size; set it to a model's ``d_vocab``
     (e.g. 50,304 for Pythia) when the model's output is larger than the tokenizer.
-    ``word_vocab_size``/``word_min_count`` bound the ``"words"`` vocabulary.
+    ``word_vocab_size``/``word_min_count`` bound the ``"words"`` vocabulary; text files are read
+    as ``encoding`` (anything else, or a binary file, is refused).
     """
-    require(seq_len is not None and int(seq_len) >= 2, f"{{seq_len}} must be at least 2 (got {seq_len})")
+    _check_int("seq_len", seq_len, 2)
+    _check_int("vocab_size", vocab_size, 2, MAX_VOCAB)
+    _check_int("word_vocab_size", word_vocab_size, 3)
+    _check_int("word_min_count", word_min_count, 1)
+    require(pack in ("join", "cut"), f"{{pack}} must be 'join' or 'cut', got {pack!r}")
     s = str(source)
     if s.endswith(".npy"):
         p = Path(s)
@@ -314,7 +355,7 @@ def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, voca
         tok = resolve_tokenizer(tokenizer) if tokenizer not in (None, "words") else None
         t = torch.from_numpy(arr)
         return Windows(t, torch.full((t.shape[0],), t.shape[1], dtype=torch.long), int(vocab_size), tok, s)
-    docs = read_documents(s, text_column=text_column, split=split, max_docs=max_docs)
+    docs = read_documents(s, text_column=text_column, split=split, max_docs=max_docs, encoding=encoding)
     require(len(docs) > 0, f"corpus {s!r} is empty; give a corpus with text in it")
     tok = resolve_tokenizer("words" if tokenizer is None else tokenizer, docs, max_size=word_vocab_size, min_count=word_min_count)
     V = tok.vocab_size if vocab_size is None else int(vocab_size)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import require
-from .io import ensure_writable_dir, write_json_atomic, write_text_atomic
+from .io import OWNS, staged_dir, write_json_atomic, write_text_atomic
 
 DEMO_TEXT = "sue saw a bird. the bird flew up in the sky. the big fish swam in the pond. dad drove the red car."
 DEMO_TOKENS = ("bird", "fish", "car")
@@ -42,6 +42,7 @@ class DemoConfig:
     tokens: tuple[str, ...] = DEMO_TOKENS
     pythia_tokenizer: str | Path | None = None   # None: ../shared's, when present
     no_pythia: bool = False
+    neox_steps: int = 64           # GPT-NeoX trained from random init on the corpus (0: skip)
 
     def validate(self) -> "DemoConfig":
         require(self.seq_len >= 2, f"{{seq_len}} must be >= 2 (got {self.seq_len})")
@@ -49,6 +50,7 @@ class DemoConfig:
         require(self.steps >= 1, f"{{steps}} must be >= 1 (got {self.steps})")
         require(self.lr > 0, f"{{lr}} must be positive (got {self.lr})")
         require(self.batch_size >= 0, f"{{batch_size}} must be >= 0 (got {self.batch_size})")
+        require(self.neox_steps >= 0, f"{{neox_steps}} must be >= 0 (got {self.neox_steps})")
         require(len(self.tokens) > 0, "{tokens} must list at least one token, e.g. bird,fish")
         require(bool(self.text.strip()), "{text} is empty; give a text for the attention views")
         require(self.no_pythia or self.pythia_tokenizer is None or Path(self.pythia_tokenizer).is_file(),
@@ -65,6 +67,7 @@ class DemoResult:
     report: Path
     summary: dict
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0     # wall time (not written to any file: same inputs, same bytes)
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
@@ -78,101 +81,154 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     from .toy import ToyConfig, ToyTransformer, train_toy
 
     cfg.validate()
-    out = ensure_writable_dir(cfg.out)  # before any work
     t_start = time.perf_counter()
-    bar = tqdm(total=8, desc="demo", unit="stage", disable=not progress)
-    torch.manual_seed(cfg.seed)
-    _stage(bar, "corpus")
-    windows = load_corpus("builtin:stories", seq_len=cfg.seq_len)
-    _stage(bar, "basis")
-    basis = compute_basis(windows, top_k=windows.vocab_size)
-    for tok in cfg.tokens:  # unknown explorer tokens fail now, not after training
-        visual.resolve_token(basis, tok)
-    basis.save(out / "basis.safetensors")
-
-    _stage(bar, "toy training")
-    model = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
-    ckpt_steps = cfg.checkpoint_steps
-    snapshots: dict[int, dict] = {}
-    notes: list[str] = []
-    monitor = TrainingMonitor(model, basis, out / "monitor.jsonl", every=max(1, cfg.steps // 20),
-                              lr=cfg.lr if cfg.batch_size == 0 else None)
-
-    def callback(step, m, loss):
-        monitor.callback(step, m, loss)
-        if step in ckpt_steps:
-            snapshots[step] = {k: v.detach().clone() for k, v in m.weights().items()}
-
-    t0 = time.perf_counter()
-    res = train_toy(model, windows, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or None, seed=cfg.seed,
-                    callback=callback)
-    t_train = time.perf_counter() - t0
-    monitor.close()
-    model.save(out / "toy.safetensors", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or "full", seed=cfg.seed)
-
-    _stage(bar, "analysis")
-    frames = []
-    for step in ckpt_steps:
-        snap = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
-        with torch.no_grad():
-            for k, p in snap.weights().items():
-                p.copy_(snapshots[step][k])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # W and P are still ~0 at the first steps: NaN cosines warn
-            frames.append(analyze_toy(snap, basis, checkpoint=f"step{step}"))
-    write_table(pd.concat(frames, ignore_index=True), out, "analysis")
-
-    _stage(bar, "attention views")
-    views = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        comp = visual.compare_attention(model, basis, cfg.text, name=f"toy model ({cfg.layers} layers, step {cfg.steps})")
-    for w in caught:
-        print(f"warning: {w.message}")
-    views += [("Attention: toy model", v) for v in comp.views()]
-    scale_tables = [comp.scale_table()]
-
-    _stage(bar, "association explorer")
-    assoc = visual.associations(basis, list(cfg.tokens), model=model, top=8)
-    write_text_atomic(out / "associations.csv", assoc.to_csv(index=False))
-    views += [("Association explorer", visual.association_view(assoc, tok)) for tok in dict.fromkeys(assoc["token"])]
-
-    _stage(bar, "Pythia-architecture model")
+    bar = tqdm(total=9, desc="demo", unit="stage", disable=not progress, leave=False)
     try:
-        pythia_note = _pythia_section(cfg, out, views, notes, scale_tables)
-    except Exception as e:  # the real-model example must not sink the main job
-        msg = f"Pythia-architecture section failed ({type(e).__name__}: {e}); the report shows the toy model only"
-        print(f"warning: {msg}")
-        notes.append(msg)
-        pythia_note = "no Pythia-architecture section (it failed; see notes)"
-    write_text_atomic(out / "attention_scales.csv", pd.concat(scale_tables, ignore_index=True).to_csv(index=False))
+        with staged_dir(cfg.out, OWNS["demo"]) as out:  # a failed run leaves cfg.out as it was
+            torch.manual_seed(cfg.seed)
+            _stage(bar, "corpus")
+            windows = load_corpus("builtin:stories", seq_len=cfg.seq_len)
+            _stage(bar, "basis")
+            basis = compute_basis(windows, top_k=windows.vocab_size)
+            for tok in cfg.tokens:  # unknown explorer tokens fail now, not after training
+                visual.resolve_token(basis, tok)
+            basis.save(out / "basis.safetensors")
 
-    _stage(bar, "report")
-    write_json_atomic(out / "views.json", [{**v.to_json(), "section": s} for s, v in views])
-    summary = {
-        "text": ("The whole tl_leadterm pipeline on the embedded corpus (builtin:stories): the basis of the corpus over "
-                 "its full word vocabulary, the paper's attention-only toy model trained from zero with plain SGD, its "
-                 "weights compared with their leading terms at several checkpoints, attention views, the association "
-                 "explorer and " + pythia_note + "."),
-        "corpus": f"builtin:stories, {windows.n_windows} windows of T={cfg.seq_len}, |V|={windows.vocab_size}",
-        "toy model": f"{cfg.layers} layers, {cfg.steps} steps, lr={cfg.lr}, "
-                     + (f"batch {cfg.batch_size} windows" if cfg.batch_size else "full batch") + f", seed {cfg.seed}",
-        "loss": f"{res.losses[0]:.4f} -> {res.losses[-1]:.4f}",
-        "training seconds": round(t_train, 1),
-        "checkpoints analysed": ", ".join(f"step{s}" for s in ckpt_steps),
-        "notes": "; ".join(notes) or "none",
-    }
-    write_json_atomic(out / "summary.json", summary)
-    path = build_report(out, out / "report.html", title="tl_leadterm demo: gradient leading terms on the embedded corpus")
-    summary["total seconds"] = round(time.perf_counter() - t_start, 1)
-    write_json_atomic(out / "summary.json", summary)
-    bar.close()
-    return DemoResult(path, summary, notes)
+            _stage(bar, "toy training")
+            model = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
+            ckpt_steps = cfg.checkpoint_steps
+            snapshots: dict[int, dict] = {}
+            notes: list[str] = []
+            monitor = TrainingMonitor(model, basis, out / "monitor.jsonl", every=max(1, cfg.steps // 20),
+                                      lr=cfg.lr if cfg.batch_size == 0 else None)
+
+            def callback(step, m, loss):
+                monitor.callback(step, m, loss)
+                if step in ckpt_steps:
+                    snapshots[step] = {k: v.detach().clone() for k, v in m.weights().items()}
+
+            try:
+                res = train_toy(model, windows, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or None,
+                                seed=cfg.seed, callback=callback)
+            finally:
+                monitor.close()
+            model.save(out / "toy.safetensors", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size or "full", seed=cfg.seed)
+
+            _stage(bar, "analysis")
+            frames = []
+            for step in ckpt_steps:
+                snap = ToyTransformer(ToyConfig(windows.vocab_size, cfg.seq_len, cfg.layers), tokenizer=windows.tokenizer)
+                with torch.no_grad():
+                    for k, p in snap.weights().items():
+                        p.copy_(snapshots[step][k])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # W and P are still ~0 at the first steps: NaN cosines warn
+                    frames.append(analyze_toy(snap, basis, checkpoint=f"step{step}"))
+            write_table(pd.concat(frames, ignore_index=True), out, "analysis")
+
+            _stage(bar, "attention views")
+            views = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                comp = visual.compare_attention(model, basis, cfg.text, name=f"toy model ({cfg.layers} layers, step {cfg.steps})")
+            for w in caught:
+                print(f"warning: {w.message}")
+            views += [("Attention: toy model", v) for v in comp.views()]
+            scale_tables = [comp.scale_table()]
+
+            _stage(bar, "association explorer")
+            assoc = visual.associations(basis, list(cfg.tokens), model=model, top=8)
+            write_text_atomic(out / "associations.csv", assoc.to_csv(index=False))
+            views += [("Association explorer", visual.association_view(assoc, tok)) for tok in dict.fromkeys(assoc["token"])]
+
+            _stage(bar, "GPT-NeoX training and sweep")
+            neox_note = _neox_section(cfg, out, windows, basis, views, notes, scale_tables)
+
+            _stage(bar, "Pythia-architecture model")
+            try:
+                pythia_note = _pythia_section(cfg, out, views, notes, scale_tables)
+            except Exception as e:  # the optional real-model example must not sink the main job ...
+                if cfg.pythia_tokenizer is not None:
+                    raise  # ... unless it was asked for explicitly: an input given and failing is an error
+                msg = f"Pythia-architecture section failed ({type(e).__name__}: {e}); the report shows the toy model only"
+                print(f"warning: {msg}")
+                notes.append(msg)
+                pythia_note = "no Pythia-architecture section (it failed; see notes)"
+            write_text_atomic(out / "attention_scales.csv", pd.concat(scale_tables, ignore_index=True).to_csv(index=False))
+
+            _stage(bar, "report")
+            write_json_atomic(out / "views.json", [{**v.to_json(), "section": s} for s, v in views])
+            summary = {
+                "text": ("The whole tl_leadterm pipeline on the embedded corpus (builtin:stories): the basis of the corpus over "
+                         "its full word vocabulary, the paper's attention-only toy model trained from zero with plain SGD, its "
+                         "weights compared with their leading terms at several checkpoints, attention views, the association "
+                         "explorer, " + neox_note + ", and " + pythia_note + "."),
+                "corpus": f"builtin:stories, {windows.n_windows} windows of T={cfg.seq_len}, |V|={windows.vocab_size}",
+                "toy model": f"{cfg.layers} layers, {cfg.steps} steps, lr={cfg.lr}, "
+                             + (f"batch {cfg.batch_size} windows" if cfg.batch_size else "full batch") + f", seed {cfg.seed}",
+                "loss": f"{res.losses[0]:.4f} -> {res.losses[-1]:.4f}",
+                "checkpoints analysed": ", ".join(f"step{s}" for s in ckpt_steps),
+                "notes": "; ".join(notes) or "none",
+            }
+            write_json_atomic(out / "summary.json", summary)
+            build_report(out, out / "report.html", title="tl_leadterm demo: gradient leading terms on the embedded corpus")
+    finally:
+        bar.close()  # before any error is printed: the error is the last line a user sees
+    seconds = round(time.perf_counter() - t_start, 1)
+    return DemoResult(Path(cfg.out) / "report.html", summary, notes, seconds)
 
 
 def _stage(bar, text: str) -> None:
     bar.set_description(text)
     bar.update(1)
+
+
+def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes: list, scale_tables: list) -> str:
+    """A GPT-NeoX (Pythia architecture) trained from random init on the corpus with the word tokenizer (saved as a
+    Hugging Face tokenizer), checkpoints on Pythia's schedule, swept with the per-head projections and residuals."""
+    if cfg.neox_steps == 0:
+        notes.append("trained GPT-NeoX section skipped (--neox-steps 0)")
+        return "no trained GPT-NeoX"
+    from . import visual
+    from .analysis import head_fit, rank_heads, sweep, write_results
+    from .models import load_model, train_pythia
+
+    _quiet_transformers()
+    name = f"GPT-NeoX trained {cfg.neox_steps} steps (2 layers, 4 heads, d_model 64, word tokenizer)"
+    with tempfile.TemporaryDirectory() as d:
+        ckpts = train_pythia(windows, Path(d) / "neox", steps=cfg.neox_steps, n_layers=2, d_model=64, n_heads=4,
+                             lr=3e-3, batch_size=16, seed=cfg.seed, progress=False)
+        steps = sorted(ckpts)
+        df = sweep(None, [str(ckpts[s]) for s in steps], basis, labels=[f"step{s}" for s in steps], progress=False)
+        write_results(df, out, "neox_analysis")
+        ranking = rank_heads(df)
+        ad = load_model(str(ckpts[steps[-1]]))
+        ad.name = name
+        comp = visual.compare_attention(ad, basis, cfg.text, name=name)
+        scale_tables.append(comp.scale_table())
+        views += [("Attention: trained GPT-NeoX", v) for v in comp.views()]
+        ov = ranking[(ranking["checkpoint"] == f"step{steps[-1]}") & (ranking["site"] == "circuit_ov")]
+        strs = basis.token_strs()
+        for what, r in (("best explained", ov.iloc[0]), ("least explained", ov.iloc[-1])):
+            l, h = int(r["layer"]), int(r["head"])
+            f = head_fit(ad, basis, l, h, "circuit_ov")
+            if f.singular:
+                views.append(("Beyond the leading term: trained GPT-NeoX", visual.residual_view(
+                    f, strs, f"{what} OV head L{l}H{h} (explained {f.explained:.2f}): residual directions")))
+        assoc = visual.associations(basis, list(cfg.tokens), model=ad, top=8)
+        write_text_atomic(out / "neox_associations.csv", assoc.to_csv(index=False))
+        views += [("Association explorer: trained GPT-NeoX", visual.association_view(assoc, tok))
+                  for tok in dict.fromkeys(assoc["token"])]
+    return (f"a GPT-NeoX (Pythia architecture) trained from random initialisation for {cfg.neox_steps} steps with "
+            f"checkpoints on Pythia's schedule, every head projected on its leading terms and the residual beyond them")
+
+
+def _quiet_transformers() -> None:
+    try:  # transformers' own progress bars (writing/loading the model) add nothing here
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
 
 
 def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_tables: list) -> str:
@@ -190,11 +246,7 @@ def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_
     from .models import load_model, save_random_pythia
     from .visual import compare_attention
 
-    try:  # transformers' own progress bars (writing/loading the model) add nothing here
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+    _quiet_transformers()
     windows = load_corpus("builtin:stories", seq_len=cfg.seq_len, tokenizer=str(tok), vocab_size=50304)
     basis = compute_basis(windows, top_k=200, mode="merge-other", progress=False)
     with tempfile.TemporaryDirectory() as d:

@@ -10,6 +10,7 @@ the path.  Figures carry a title, axis labels and a legend or colour bar.
   against the training step, one line per weight and layer.
 * :func:`checkpoint_heatmap` — layer x checkpoint or head x checkpoint heatmap of one measure.
 * :func:`explained_bars` — explained fraction ‖proj‖²/‖W‖² per weight.
+* :func:`head_grid` — layer x head heatmap of one measure (e.g. the explained fraction) at one checkpoint.
 """
 
 from __future__ import annotations
@@ -117,25 +118,31 @@ def _series_key(name: str):
 
 def checkpoint_heatmap(df: pd.DataFrame, path, *, measure: str, site: str, rows: str = "layer", layer: int | None = None,
                        title: str | None = None, cmap: str = "viridis") -> Path:
-    """Heatmap of ``measure`` at ``site``: rows = layers (head averages) or heads of ``layer``; columns = checkpoints."""
-    require(rows in ("layer", "head"), f"rows must be 'layer' or 'head', got {rows!r}")
+    """Heatmap of ``measure`` at ``site``: rows = layers (head averages), heads of ``layer``, or every head
+    (``rows="layer_head"``, labelled ``L{l}H{h}``); columns = checkpoints."""
+    require(rows in ("layer", "head", "layer_head"), f"rows must be 'layer', 'head' or 'layer_head', got {rows!r}")
     sub = df[(df["measure"] == measure) & (df["site"] == site)]
     if rows == "layer":
         sub = sub[sub["head"].isna()] if "head" in sub else sub
         sub = sub[sub["layer"].notna()]
-    else:
+    elif rows == "head":
         require(layer is not None, "a head x checkpoint heatmap needs layer=")
         sub = sub[(sub["layer"] == layer) & sub["head"].notna()]
+    else:
+        sub = sub[sub["layer"].notna() & sub["head"].notna()]
+        sub = sub.assign(layer_head=sub["layer"] * 10_000 + sub["head"])  # sorts by layer, then head
     require(len(sub) > 0, f"no rows with measure={measure!r} at site={site!r} to plot")
     ckpts = order_checkpoints(sub["checkpoint"].astype(str).tolist())
     piv = sub.assign(checkpoint=sub["checkpoint"].astype(str)).pivot_table(index=rows, columns="checkpoint", values="value", aggfunc="mean")
     piv = piv.reindex(columns=ckpts).sort_index()
+    labels = ([f"L{int(i) // 10_000}H{int(i) % 10_000}" for i in piv.index] if rows == "layer_head"
+              else [str(int(i)) for i in piv.index])
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(ckpts) + 2.5), max(2.4, 0.45 * len(piv) + 1.6)))
     im = ax.imshow(piv.values, aspect="auto", cmap=cmap)
     ax.set_xticks(range(len(ckpts)), [str(c) for c in ckpts], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(piv.index)), [str(int(i)) for i in piv.index])
+    ax.set_yticks(range(len(piv.index)), labels, fontsize=8 if len(labels) > 16 else None)
     ax.set_xlabel("checkpoint")
-    ax.set_ylabel(rows if rows == "layer" else f"head (layer {int(layer)})")
+    ax.set_ylabel({"layer": "layer", "layer_head": "layer, head"}.get(rows) or f"head (layer {int(layer)})")
     if len(piv.index) * len(ckpts) <= 120:
         for (i, j), v in pd.DataFrame(piv.values).stack().dropna().items():
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < piv.values[~pd.isna(piv.values)].mean() else "black")
@@ -143,6 +150,29 @@ def checkpoint_heatmap(df: pd.DataFrame, path, *, measure: str, site: str, rows:
             ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="gray")
     fig.colorbar(im, ax=ax, label=measure)
     ax.set_title(textwrap.fill(title or f"{measure} at {site}: {rows} × checkpoint", 48), fontsize=10)
+    return _save(fig, path)
+
+
+def head_grid(df: pd.DataFrame, path, *, measure: str = "explained", site: str, checkpoint: str | None = None,
+              title: str | None = None, cmap: str = "viridis") -> Path:
+    """Layer × head heatmap of ``measure`` at ``site`` at one checkpoint (default: the last)."""
+    sub = df[(df["measure"] == measure) & (df["site"] == site) & df["layer"].notna() & df["head"].notna()]
+    require(len(sub) > 0, f"no per-head rows with measure={measure!r} at site={site!r} to plot")
+    ckpts = order_checkpoints(sub["checkpoint"].astype(str).tolist())
+    checkpoint = ckpts[-1] if checkpoint is None else str(checkpoint)
+    sub = sub[sub["checkpoint"].astype(str) == checkpoint]
+    piv = sub.pivot_table(index="layer", columns="head", values="value", aggfunc="mean").sort_index()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * piv.shape[1] + 2.5), max(2.4, 0.5 * piv.shape[0] + 1.6)))
+    im = ax.imshow(piv.values, aspect="auto", cmap=cmap, vmin=0, vmax=1 if measure == "explained" else None)
+    ax.set_xticks(range(piv.shape[1]), [str(int(h)) for h in piv.columns])
+    ax.set_yticks(range(piv.shape[0]), [str(int(l)) for l in piv.index])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if piv.size <= 200:
+        for (i, j), v in pd.DataFrame(piv.values).stack().dropna().items():
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
+    fig.colorbar(im, ax=ax, label=measure)
+    ax.set_title(textwrap.fill(title or f"{measure} at {site} per head ({checkpoint})", 48), fontsize=10)
     return _save(fig, path)
 
 

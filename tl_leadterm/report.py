@@ -13,6 +13,9 @@ Results folder (``tl-leadterm report --results DIR``)
 * ``analysis.csv`` — tidy analysis table (:mod:`tl_leadterm.analysis.table`): toy rows
   give similarity-vs-step, layer x checkpoint heatmaps and explained-fraction
   bars; real-model rows give layer x checkpoint and head x checkpoint heatmaps;
+* ``neox_analysis.csv`` — the same schema for the demo's GPT-NeoX trained from random
+  initialisation (checkpoints on Pythia's schedule), with the per-head projections and
+  residuals (heads ranked, explained per head and checkpoint, residual pairs and directions);
 * ``model_analysis.csv`` — a second table in the same schema (the demo's
   Pythia-architecture model);
 * ``monitor.jsonl`` — training-monitor records (similarity vs step);
@@ -186,6 +189,46 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
     summ = df[df["head"].isna() & df["measure"].isin([meas, "cka"]) & (df["checkpoint"] == ckpts[-1])]
     rep.table(summ[["checkpoint", "layer", "site", "measure", "value", "target", "extension"]].reset_index(drop=True),
               caption="Per-layer similarities at the last checkpoint (head averages).")
+    if (df["measure"].eq("explained") & df["head"].notna()).any():
+        add_beyond_section(rep, df, plots_dir, stem, label, ckpts)
+
+
+def add_beyond_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str, label: str, ckpts: list) -> None:
+    """Per head: what the leading term explains modulo row offsets, the ranking, and the residual beyond it."""
+    from . import plots
+    from .analysis import rank_heads
+    from .analysis.heads import HEAD_SITES
+
+    last = ckpts[-1]
+    rep.heading(f"Beyond the leading term: {label}", level=3)
+    rep.text("Each head's token-space matrices on the basis tokens (key_query: (A W_Q)(A W_K)ᵀ; circuit_qk: "
+             "E W_Q W_Kᵀ Eᵀ, both against Q̄; circuit_ov: E W_V W_O U against Ḡ; circuit_ov_embed: E W_V W_O Eᵀ against M) "
+             "are projected on their leading term by least squares after centring each row (softmax ignores a constant "
+             "per row). 'explained' is the share of the centred matrix that the leading term accounts for; the residual "
+             "is what the head does beyond it.")
+    ranking = rank_heads(df[df["checkpoint"] == last])
+    for site in HEAD_SITES:
+        if (df["site"].eq(site) & df["measure"].eq("explained") & df["head"].notna()).any():
+            out = plots.save_both(plots.head_grid, df, plots_dir / f"{stem}_explained_{site}", site=site, checkpoint=last,
+                                  title=f"{label}: explained by the leading term at {site}, layer × head ({last})")
+            rep.image(out[0], f"Layer × head at {last}: fraction of each head's row-centred {site} matrix explained by "
+                              "its leading term.")
+    if len(ckpts) > 1:
+        out = plots.save_both(plots.checkpoint_heatmap, df, plots_dir / f"{stem}_explained_sweep", measure="explained",
+                              site="circuit_ov", rows="layer_head", title=f"{label}: explained at circuit_ov, head × checkpoint")
+        rep.image(out[0], "Every head's OV circuit across checkpoints: the fraction its leading term Ḡ explains.")
+    rep.table(ranking, caption=f"Heads ranked by the explained fraction per site at {last} (1 = best explained by corpus "
+                               "statistics).", max_rows=40)
+    ov = ranking[ranking["site"] == "circuit_ov"]
+    if len(ov):
+        picks = {"best explained": ov.iloc[0], "least explained": ov.iloc[-1]}
+        for what, r in picks.items():
+            sel = ((df["checkpoint"] == last) & (df["site"] == "circuit_ov") & (df["layer"] == r["layer"])
+                   & (df["head"] == r["head"]) & df["measure"].isin(["residual_pair", "residual_sv"]))
+            rep.table(df[sel][["measure", "value", "detail"]].reset_index(drop=True),
+                      caption=f"Beyond the leading term, {what} OV head L{int(r['layer'])}H{int(r['head'])} "
+                              f"(explained {r['explained']:.3f}): largest residual entries (source → output token) "
+                              "and top singular directions of the residual.")
 
 
 def build_report(results: Path | str | list, out: Path | str, *, title: str = "tl_leadterm report",
@@ -259,7 +302,8 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
                 rep.image(out_p[0], "Cosine of each toy weight with its leading term, logged during training "
                                     "(the paper's figure: the leading term dominates early).")
                 found += 1
-        for fname, label in (("analysis.csv", "Analysis"), ("model_analysis.csv", "Pythia-architecture model")):
+        for fname, label in (("analysis.csv", "Analysis"), ("neox_analysis.csv", "Trained GPT-NeoX model"),
+                             ("model_analysis.csv", "Pythia-architecture model")):
             if (d / fname).is_file():
                 df = read_table(d / fname)
                 rep.heading(f"{label} ({fname})")

@@ -76,6 +76,10 @@ class Tokenizer:
     def _record(self) -> dict[str, Any]:
         return dict(self.identity)
 
+    def to_hf(self) -> Any:
+        """The tokenizer as a ``transformers`` fast tokenizer (saved with models by ``save_pretrained``)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
@@ -111,6 +115,23 @@ class WordTokenizer(Tokenizer):
     def _record(self) -> dict[str, Any]:
         return {**self.identity, "words": self.words}  # the whole vocabulary travels with the basis
 
+    def to_hf(self) -> Any:
+        """The same tokenizer as a Hugging Face fast tokenizer: a ``tokenizers`` WordLevel model over this
+        vocabulary, lower-casing, splitting runs of letters and single other characters (same ids, same
+        fingerprint), so a model trained with it can be saved and loaded like any Hugging Face model."""
+        from tokenizers import Regex, Tokenizer as HFCore, normalizers, pre_tokenizers
+        from tokenizers.models import WordLevel
+        from transformers import PreTrainedTokenizerFast
+
+        core = HFCore(WordLevel(dict(self._index), unk_token=UNK_TEXT))
+        core.normalizer = normalizers.Lowercase()
+        core.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(_WORD_RE.pattern.replace(r"\s", "")), behavior="isolated"),
+        ])
+        return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK_TEXT, eos_token=EOS_TEXT, pad_token=EOS_TEXT,
+                                       name_or_path=self.name)
+
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face ``transformers`` tokenizer (recorded by name and fingerprint)."""
@@ -128,6 +149,18 @@ class HFTokenizer(Tokenizer):
     def hf(self) -> Any:
         """The wrapped ``transformers`` tokenizer."""
         return self._impl
+
+    def to_hf(self) -> Any:
+        return self._impl
+
+    def _record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = dict(self.identity)
+        try:  # embed the tokenizer itself: a basis then decodes its tokens wherever it is moved
+            rec["tokenizer_json"] = self._impl.backend_tokenizer.to_str()
+            rec["special_tokens"] = {k: v for k, v in self._impl.special_tokens_map.items() if isinstance(v, str)}
+        except Exception:  # a slow (Python) tokenizer has no backend: recorded by name only
+            pass
+        return rec
 
     def encode(self, text: str) -> list[int]:
         return list(self._impl.encode(text, add_special_tokens=False))
@@ -229,18 +262,46 @@ def tokenizer_from_json(blob: str) -> Tokenizer:
 
 
 def _hf_from_record(d: dict) -> HFTokenizer:
-    tok = load_hf_tokenizer(d["name"])
+    """The embedded tokenizer when the record has one (new files), else the one at the recorded name."""
+    if d.get("tokenizer_json"):
+        from tokenizers import Tokenizer as HFCore
+        from transformers import PreTrainedTokenizerFast
+        try:
+            hf = PreTrainedTokenizerFast(tokenizer_object=HFCore.from_str(d["tokenizer_json"]), **(d.get("special_tokens") or {}))
+        except Exception:
+            raise LeadTermError(f"the embedded tokenizer {d['name']!r} is damaged; rebuild the file") from None
+        tok = HFTokenizer(hf, d["name"])
+    else:
+        try:
+            tok = load_hf_tokenizer(d["name"])
+        except LeadTermError:
+            raise LeadTermError(f"the recorded tokenizer {d['name']!r} is not available here (moved or offline) and the file "
+                                "does not embed it; rebuild the file with this version, which embeds its tokenizer") from None
     if d.get("fingerprint") and tok.identity["fingerprint"] != d["fingerprint"]:
-        raise LeadTermError(f"tokenizer {d['name']!r} no longer matches the one recorded (fingerprint differs)")
+        raise LeadTermError(f"tokenizer {d['name']!r} no longer matches the one recorded (fingerprint differs); rebuild the file")
+    return tok
+
+
+def _words_from_record(d: dict) -> WordTokenizer:
+    tok = WordTokenizer(d["words"], name=d.get("name", "words"))
+    if d.get("fingerprint") and tok.identity["fingerprint"] != d["fingerprint"]:
+        raise LeadTermError("the embedded word list does not match its recorded fingerprint (the file was altered); rebuild it")
     return tok
 
 
 #: how each tokenizer kind is rebuilt from its :meth:`Tokenizer.to_json` record
 _FROM_RECORD = {
-    WordTokenizer.kind: lambda d: WordTokenizer(d["words"], name=d.get("name", "words")),
+    WordTokenizer.kind: _words_from_record,
     HFTokenizer.kind: _hf_from_record,
 }
 TOKENIZER_KINDS = tuple(_FROM_RECORD)
+
+
+def record_size(blob: str) -> int | None:
+    """Validate a :meth:`Tokenizer.to_json` record where that is cheap (an embedded word list is checked
+    against its fingerprint) and return the tokenizer's size; None where only rebuilding it would tell."""
+    d = json.loads(blob)
+    return _words_from_record(d).vocab_size if d.get("words") is not None else None
 
 
 def resolve_tokenizer(spec: Any, texts: Iterable[str] | None = None, *, max_size: int | None = None, min_count: int = 1) -> Tokenizer:

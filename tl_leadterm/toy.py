@@ -50,7 +50,7 @@ from transformer_lens.hook_points import HookPoint
 from ._version import __version__
 from .corpus import Windows
 from .errors import LeadTermError, require
-from .io import load_safetensors, save_safetensors_atomic
+from .io import available_bytes, load_safetensors, save_safetensors_atomic
 
 TOY_FORMAT = "tl_leadterm.toy/1"
 
@@ -152,8 +152,13 @@ class ToyTransformer(HookedRootModule):
 
     def __init__(self, cfg: ToyConfig, tokenizer=None):
         super().__init__()
-        require(cfg.d_vocab >= 2 and cfg.n_ctx >= 2 and cfg.n_layers >= 1,
-                f"a toy model needs d_vocab >= 2, n_ctx >= 2 and n_layers >= 1 (got {cfg.d_vocab}, {cfg.n_ctx}, {cfg.n_layers})")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (cfg.d_vocab, cfg.n_ctx, cfg.n_layers))
+        require(ints and cfg.d_vocab >= 2 and cfg.n_ctx >= 2 and cfg.n_layers >= 1,
+                f"a toy model needs integers d_vocab >= 2, n_ctx >= 2 and n_layers >= 1 (got {cfg.d_vocab!r}, {cfg.n_ctx!r}, {cfg.n_layers!r})")
+        require(cfg.dtype in (torch.float64, torch.float32), f"{{dtype}} must be torch.float64 or torch.float32, got {cfg.dtype!r}")
+        need = (3 * cfg.n_layers + 1) * cfg.d_vocab ** 2 * torch.finfo(cfg.dtype).bits // 8
+        require(need <= available_bytes(), f"a toy model with |V|={cfg.d_vocab:,} and {cfg.n_layers} layers needs about "
+                                           f"{need / 2**30:.1f} GB for its weights alone; use a smaller vocabulary or fewer layers")
         self.cfg = cfg
         self.tokenizer = tokenizer  # a tl_leadterm Tokenizer, or None
         self.hook_embed = HookPoint()
@@ -316,8 +321,12 @@ def train_toy(model: ToyTransformer, windows: Windows, *, lr: float, steps: int,
     (reshuffled each epoch with ``seed``).  ``callback(step, model, loss)`` runs after
     each step (``step`` counts from 1).
     """
-    require(steps >= 0, f"{{steps}} must be >= 0 (got {steps})")
-    require(lr > 0 and math.isfinite(lr), f"{{lr}} must be a positive number (got {lr})")
+    require(isinstance(model, ToyTransformer), f"train_toy trains a ToyTransformer, got {type(model).__name__}")
+    require(isinstance(windows, Windows), f"expected token windows (load_corpus), got {type(windows).__name__}")
+    require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0, f"{{steps}} must be an integer >= 0 (got {steps!r})")
+    require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr),
+            f"{{lr}} must be a positive number (got {lr!r})")
+    require(isinstance(seed, int), f"{{seed}} must be an integer (got {seed!r})")
     require(windows.vocab_size == model.cfg.d_vocab, f"corpus vocab size {windows.vocab_size} differs from the model's {model.cfg.d_vocab}")
     require(windows.seq_len <= model.cfg.n_ctx, f"corpus windows (T={windows.seq_len}) are longer than the model's context ({model.cfg.n_ctx})")
     require(batch_size is None or batch_size >= 1, f"{{batch_size}} must be >= 1 (got {batch_size})")

@@ -9,6 +9,8 @@ One module per job:
 * :mod:`.compat`: the one rule for whether a basis describes a model;
 * :mod:`.toy`: :func:`analyze_toy` (projections and residuals of the toy weights);
 * :mod:`.model`: :func:`analyze_model` (THEORY.md §5 and the token-space circuits);
+* :mod:`.residual` and :mod:`.heads`: projection modulo row offsets and the residual beyond the
+  leading term, per head and site, and :func:`rank_heads`;
 * :mod:`.sweep`: :func:`analyze` (either of the two) and :func:`sweep` over checkpoints;
 * :mod:`.causal`: :func:`causal_check`;
 * :mod:`.quick`: :func:`quick_measures` for training monitors.
@@ -21,15 +23,17 @@ from .measures import (
     Family, Projection, Target, Targets, cka_dense, cka_lowrank, cov_cosine_dense, cov_cosine_lowrank, fro_cos,
     frob_cosine_lowrank, project, projection, row_normalise, similarities,
 )
+from .heads import head_fit, head_matrix, rank_heads
 from .model import analyze_model
+from .residual import ResidualFit
 from .quick import quick_measures
 from .sweep import analyze, parse_checkpoints, sweep
-from .table import COLUMNS, write_table
+from .table import COLUMNS, write_results, write_table
 from .toy import analyze_toy, toy_atoms
 
 __all__ = [
     "causal_check", "head_edit_directions", "weight_delta", "check_compatible", "Factored", "Family", "Projection",
     "Target", "Targets", "cka_dense", "cka_lowrank", "cov_cosine_dense", "cov_cosine_lowrank", "fro_cos",
     "frob_cosine_lowrank", "project", "projection", "row_normalise", "similarities", "analyze_model",
-    "quick_measures", "analyze", "parse_checkpoints", "sweep", "COLUMNS", "write_table", "analyze_toy", "toy_atoms",
+    "quick_measures", "rank_heads", "head_fit", "head_matrix", "ResidualFit", "analyze", "parse_checkpoints", "sweep", "COLUMNS", "write_results", "write_table", "analyze_toy", "toy_atoms",
 ]

@@ -34,19 +34,27 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..basis import Basis
+from ..errors import require
+from ..io import resolve_device
 from ..models import adapt
 from ..theory import SITES
 from .compat import check_compatible
 from .factored import Factored
+from .heads import AtomCache, direct_path_rows, head_residual_rows
 from .measures import Family, Targets, similarities
 from .table import frame, row
+from .toy import decode
 
 
 def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circuits: bool = True,
+                  residuals: bool = True, dictionary: bool = False, top: int = 5, n_singular: int = 3,
                   progress: bool = True, batch_size: int = 1024, device: str | torch.device | None = None,
                   targets: Targets | None = None) -> pd.DataFrame:
     """THEORY.md §5 per layer and head, plus the token-space circuits extension (module docstring).
 
+    ``residuals``: also project every head's token-space matrices on their leading terms modulo
+    row offsets and report the residual beyond them (:mod:`.heads`; ``dictionary`` projects on
+    the dictionary instead; ``top`` residual pairs and ``n_singular`` singular directions).
     The algebra runs in float64 on ``device`` (default: the model's device, so a model
     on CUDA is analysed on CUDA).  ``targets`` (``Targets(basis, device)``) may be shared
     between calls: its O(k³) preparation is then done once (``sweep`` does this).
@@ -58,15 +66,20 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
         warnings.warn(f"LayerNorm is not folded into the weights of {ad.name!r}: site key_query uses ln1.hook_normalized, "
                       "which is not exactly what W_Q multiplies; load the model with tl_leadterm.load_model to fold it", stacklevel=2)
     checkpoint = checkpoint or ad.checkpoint
-    dev = torch.device(device) if device is not None else torch.device(ad.device)
+    dev = resolve_device(device) if device is not None else torch.device(ad.device)
+    require(isinstance(top, int) and top >= 0 and isinstance(n_singular, int) and n_singular >= 0,
+            f"{{top}} and {{n_singular}} must be integers >= 0, got {top!r} and {n_singular!r}")
     tg = targets if targets is not None and targets.basis is basis and targets.device == dev else Targets(basis, dev)
     reps = ad.token_representations(basis.token_ids, batch_size=batch_size)
     rows: list[dict] = []
     ids = basis.token_ids.to(dev)
     f64 = lambda x: x.detach().to(dev, torch.float64)  # noqa: E731
-    if circuits:
+    if circuits or residuals:
         E = f64(ad.W_E)[ids]
         Ut = f64(ad.W_U)[:, ids].T
+    if residuals:
+        atoms, strs = AtomCache(basis, dev, dictionary), decode(basis, ad.tokenizer)
+    if circuits:
         fam = {"circuit_qk": Family(E, None, tg.get(SITES["circuit_qk"].target), True),
                "circuit_ov": Family(E, Ut, tg.get(SITES["circuit_ov"].target), True),
                "circuit_ov_embed": Family(E, None, tg.get(SITES["circuit_ov_embed"].target), True)}
@@ -85,12 +98,16 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
             heads(rows, checkpoint, l, "circuit_qk", fam["circuit_qk"], *QK)
             heads(rows, checkpoint, l, "circuit_ov", fam["circuit_ov"], *OV)
             heads(rows, checkpoint, l, "circuit_ov_embed", fam["circuit_ov_embed"], *OV)
+        if residuals:
+            rows += head_residual_rows(ad, basis, l, A, E, Ut.T, atoms, checkpoint, strs, top, n_singular)
         bar.update(1)
     bar.close()
     if circuits:
         eye = torch.eye(ad.d_model, dtype=torch.float64, device=dev)
         dp = Family(E, Ut, tg.get(SITES["direct_path"].target), True).measure(Factored(eye, eye))
         emit(rows, checkpoint, None, None, "direct_path", dp)
+    if residuals:
+        rows += direct_path_rows(E, Ut.T, atoms, checkpoint, strs, top, n_singular)
     return frame(rows)
 
 

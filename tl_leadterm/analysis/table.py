@@ -45,3 +45,16 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike, stem: str) -> list[Pat
         records.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
     write_json_atomic(out / f"{stem}.json", records)
     return [out / f"{stem}.csv", out / f"{stem}.json"]
+
+
+def write_results(df: pd.DataFrame, out: str | os.PathLike, stem: str = "analysis") -> list[Path]:
+    """The analysis table (:func:`write_table`) and, when it holds per-head projections, the heads ranked by
+    the explained fraction per site and checkpoint as ``out/head_ranking.csv``."""
+    from .heads import rank_heads
+
+    files = write_table(df, out, stem)
+    ranking = rank_heads(df)
+    if len(ranking):
+        write_text_atomic(Path(out) / "head_ranking.csv", ranking.to_csv(index=False))
+        files.append(Path(out) / "head_ranking.csv")
+    return files

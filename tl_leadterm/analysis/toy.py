@@ -29,6 +29,7 @@ from ..models import adapt
 from ..theory import MATRIX_NAMES, leading, parse_weight
 from .compat import check_compatible
 from .measures import fro_cos, projection, ratio
+from .residual import pair_detail, sv_detail
 from .table import frame, row
 
 
@@ -91,11 +92,9 @@ def analyze_toy(model, basis: Basis, dictionary: bool = False, checkpoint: str =
         flat = R.reshape(-1).abs().argsort(descending=True)[:top]
         for i, f in enumerate(flat.tolist()):
             a, b = divmod(f, k)
-            add("residual_pair", float(R[a, b]), "", f"#{i + 1}: {strs[a]!r} -> {strs[b]!r}")
+            add("residual_pair", float(R[a, b]), "", pair_detail(i + 1, a, b, strs))
         if float(R.norm()) > 0:
             U, S, Vh = torch.linalg.svd(R)
             for i in range(min(n_singular, k)):
-                ut = [strs[j] for j in U[:, i].abs().argsort(descending=True)[:top].tolist()]
-                vt = [strs[j] for j in Vh[i].abs().argsort(descending=True)[:top].tolist()]
-                add("residual_sv", float(S[i]), "", f"#{i + 1}: rows {', '.join(map(repr, ut))} | cols {', '.join(map(repr, vt))}")
+                add("residual_sv", float(S[i]), "", sv_detail(i + 1, U[:, i], Vh[i], strs, top))
     return frame(rows)

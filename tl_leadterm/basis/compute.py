@@ -12,8 +12,11 @@ from torch import Tensor
 
 from ..corpus import Windows
 from ..errors import LeadTermError, require
+from ..io import resolve_device
 from .memory import Mode, choose_mode
-from .passes import BasisSpec, Compositions, SecondPassStats, compositions, first_pass, second_pass
+from .passes import (
+    BasisSpec, Compositions, SecondPassStats, check_pass_memory, compositions, first_pass, second_pass,
+)
 from .value import Basis
 
 
@@ -25,7 +28,7 @@ def token_frequencies(windows: Windows) -> Int[Tensor, "V"]:
 def top_k_tokens(windows: Windows, k: int) -> Int[Tensor, "k"]:
     """The ``k`` most frequent tokens (ties broken by smaller id)."""
     V = windows.vocab_size
-    require(isinstance(k, int) and k >= 1, f"{{top_k}} must be a positive integer, got {k!r}")
+    require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"{{top_k}} must be a positive integer, got {k!r}")
     require(k <= V, f"{{top_k}} {k} is larger than the vocabulary ({V} tokens); use {{top_k}} {V} or less")
     freq = token_frequencies(windows)
     # a stable sort of -frequency keeps ties in ascending id order
@@ -61,6 +64,7 @@ def compute_basis(windows: Windows, *, top_k: int | None = None, token_ids=None,
     else merge-other with a warning), ``"exact"`` or ``"merge-other"``.
     """
     require((top_k is None) != (token_ids is None), "give exactly one of {top_k} or {token_ids}")
+    _check_run(windows, dtype, device)
     V = windows.vocab_size
     ids = top_k_tokens(windows, top_k) if top_k is not None else validate_token_ids(token_ids, V)
     resolved = choose_mode(V, ids.numel(), mode, dtype, device)
@@ -103,6 +107,7 @@ def compute_basis_sharded(shards: Iterable[Windows] | Sequence[Windows], token_i
     spec, first, tok, sources = None, None, None, []
     digest = hashlib.sha256()  # Windows.fingerprint of the concatenation: tokens (pass 1), lengths (pass 2), |V|
     for w in shards:
+        _check_run(w, dtype, device)
         if spec is None:
             ids = validate_token_ids(token_ids, w.vocab_size)
             spec = BasisSpec(w.vocab_size, ids, choose_mode(w.vocab_size, ids.numel(), mode, dtype, device))
@@ -122,6 +127,13 @@ def compute_basis_sharded(shards: Iterable[Windows] | Sequence[Windows], token_i
     digest.update(str(spec.vocab_size).encode())
     return assemble(comp, second, tokenizer_json=tok.to_json() if tok is not None else None,
                     corpus_fingerprint=digest.hexdigest()[:16], corpus_source="+".join(dict.fromkeys(sources)))
+
+
+def _check_run(windows, dtype, device) -> None:
+    """The arguments every entry point shares: the right types, a usable device, memory for the passes."""
+    require(isinstance(windows, Windows), f"expected token windows (load_corpus or windows_from_tokens), got {type(windows).__name__}")
+    require(dtype in (torch.float64, torch.float32), f"{{dtype}} must be torch.float64 or torch.float32, got {dtype!r}")
+    check_pass_memory(windows.seq_len, resolve_device(device))
 
 
 def _int64_bytes(t: Tensor) -> bytes:

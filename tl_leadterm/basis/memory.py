@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from ..errors import LeadTermError, require
+from ..io import available_bytes
 
 Mode = Literal["auto", "exact", "merge-other"]
 # Peak memory, measured (benchmarks/bench_basis.py): compositions() holds at most 3 dense W x W
@@ -28,20 +29,6 @@ def estimate_bytes(working_size: int, dtype: torch.dtype = torch.float64, k: int
     itemsize = torch.finfo(dtype).bits // 8
     k = working_size if k is None else k
     return (_WORKING_MATRICES * working_size * working_size + _OUTPUT_MATRICES * k * k) * itemsize + _FIXED_BYTES
-
-
-def available_bytes(device: torch.device | str | None = None) -> int:
-    """Memory available for a computation on ``device`` (RAM for CPU)."""
-    device = torch.device(device or "cpu")
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return info.get("MemAvailable", info.get("MemFree", 8 * 2**30))
-    except OSError:  # pragma: no cover
-        return 8 * 2**30
 
 
 def _gb(b: float) -> str:

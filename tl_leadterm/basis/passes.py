@@ -91,6 +91,28 @@ class BasisSpec:
 # ---------------------------------------------------------------------------
 # pass 1
 # ---------------------------------------------------------------------------
+#: bytes per causal (t, j) pair held at once by a pass (indices, weights, gathered values, scatter indices)
+_BYTES_PER_PAIR = 64
+
+
+def pass_bytes(T: int) -> int:
+    """Peak temporaries of a pass over windows of ``T`` positions (at least one window of T(T+1)/2 pairs)."""
+    return max(1, _chunk_size(T)) * T * (T + 1) // 2 * _BYTES_PER_PAIR
+
+
+def check_pass_memory(T: int, device=None) -> None:
+    """Refuse up front a sequence length whose causal pairs will not fit, with the fix that applies."""
+    from ..io import available_bytes
+
+    need, have = pass_bytes(T), available_bytes(device)
+    if need > have:
+        fit = 2
+        while pass_bytes(fit * 2) <= have:
+            fit *= 2
+        raise LeadTermError(f"windows of T={T:,} positions hold {T * (T + 1) // 2:,} causal pairs, about {need / 2**30:.1f} GB "
+                            f"in the basis passes, but {have / 2**30:.1f} GB is available; use {{seq_len}} {fit} or less")
+
+
 def _chunk_size(T: int, target: int = 1 << 22) -> int:
     return max(1, target // max(1, T * T))
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from .._version import __version__
 from ..errors import LeadTermError, require
 from ..io import load_safetensors, save_safetensors_atomic
-from ..tokenization import TOKENIZER_KINDS
+from ..tokenization import TOKENIZER_KINDS, record_size
 from ..theory import MATRIX_NAMES, TENSOR_NAMES, leading
 
 BASIS_FORMAT = "tl_leadterm.basis/1"
@@ -61,10 +61,13 @@ class Basis:
 
     @property
     def tokenizer(self):
-        """The tokenizer recorded in the file (word vocabularies are embedded), or None."""
+        """The tokenizer recorded in the file (embedded: word lists, and Hugging Face tokenizers since 0.1), or None."""
         if self._tokenizer is None and self.tokenizer_json:
             from ..tokenization import tokenizer_from_json
-            self._tokenizer = tokenizer_from_json(self.tokenizer_json)
+            tok = tokenizer_from_json(self.tokenizer_json)
+            require(tok.vocab_size <= self.vocab_size, f"the basis' tokenizer has {tok.vocab_size} tokens but its vocab_size "
+                                                       f"is {self.vocab_size}; rebuild the basis")
+            self._tokenizer = tok
         return self._tokenizer
 
     @property
@@ -75,12 +78,10 @@ class Basis:
         return {k: d.get(k) for k in ("kind", "name", "fingerprint")}
 
     def token_strs(self) -> list[str]:
-        """The chosen tokens as strings (ids as ``<id N>`` when no tokenizer is recorded)."""
+        """The chosen tokens as strings (``<id N>`` when no tokenizer is recorded; a recorded tokenizer that
+        cannot be rebuilt is an error, never silently replaced by ids)."""
         ids = self.token_ids.tolist()
-        try:
-            tok = self.tokenizer
-        except LeadTermError:
-            tok = None
+        tok = self.tokenizer
         return tok.token_strs(ids) if tok is not None else [f"<id {i}>" for i in ids]
 
     def index_of(self, token_ids: Sequence[int] | Tensor) -> Int[Tensor, "m"]:
@@ -171,6 +172,8 @@ class Basis:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file atomically (tensor names = THEORY.md names)."""
+        require(self.bigram.dtype in (torch.float64, torch.float32),
+                f"a basis is saved in float64 or float32, not {self.bigram.dtype}; convert it with basis.to(dtype=torch.float32)")
         tensors = {name: getattr(self, name) for name in MATRIX_NAMES + ("position",)}
         tensors["token_ids"] = self.token_ids.long()
         save_safetensors_atomic(path, tensors, self.metadata())
@@ -198,6 +201,11 @@ class Basis:
             except ValueError:
                 ok = False
             require(ok, f"basis file {p} has a malformed tokenizer record; rebuild it with 'tl-leadterm basis'")
+            try:  # an embedded word list is checked now: a tampered list must not load and label tokens wrongly
+                size = record_size(tok_json)
+            except (LeadTermError, KeyError, TypeError) as e:
+                raise LeadTermError(f"basis file {p}: {e if isinstance(e, LeadTermError) else 'malformed tokenizer record'}; rebuild it") from None
+            require(size is None or size <= V, f"basis file {p}: its tokenizer has {size} tokens but vocab_size is {V}; rebuild it")
         ids = tensors["token_ids"]
         require(ids.dim() == 1 and ids.numel() == k and ids.dtype == torch.int64,
                 f"basis file {p}: token_ids do not match k={k}; rebuild it")

@@ -9,9 +9,10 @@ and ``DIR/analysis.json`` (a list of records, NaN as null), atomically.  With
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..errors import require
-from ..io import ensure_writable_dir
+from ..io import OWNS, staged_dir
 
 
 def register(sub) -> None:
@@ -40,8 +41,13 @@ def register(sub) -> None:
 def _common(p) -> None:
     p.add_argument("--basis", required=True, metavar="FILE", help="basis file from 'tl-leadterm basis' (built with the model's tokenizer)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (analysis.csv, analysis.json)")
-    p.add_argument("--dictionary", action="store_true", help="toy models: project on all basis matrices, transposes, identity and ones")
-    p.add_argument("--no-circuits", action="store_true", help="skip the token-space circuit extension")
+    p.add_argument("--dictionary", action="store_true",
+                   help="project on a dictionary instead of each weight's own leading term: toy models on all basis "
+                        "matrices, their transposes, identity and ones; other models on Q̄, Q̄ᵀ, ΣB̄, M, Ḡ, identity and ones")
+    p.add_argument("--no-circuits", action="store_true", help="skip the token-space circuit similarity rows")
+    p.add_argument("--no-residuals", action="store_true",
+                   help="skip the per-head projections modulo row offsets and the residual beyond the leading term "
+                        "(coef, explained, residual_norm, residual_pair, residual_sv; cost O(k² d_head) per head and site)")
     p.add_argument("--backend", choices=("auto", "bridge", "hooked"), default="auto",
                    help="TransformerLens API: bridge (TransformerBridge, TL 4.x), hooked (HookedTransformer); auto picks by installed version")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
@@ -52,42 +58,54 @@ def _device(name):
     return device_arg(name)
 
 
+def _inputs(args) -> list:
+    model = getattr(args, "model", None)
+    model = model[4:] if model and model.startswith("toy:") else model
+    ckpts = [c[4:] if c.startswith("toy:") else c for c in str(getattr(args, "checkpoints", "") or "").split(",")]
+    return [args.basis, getattr(args, "heldout", None), model, *ckpts]
+
+
 def run_analyze(args) -> int:
-    from ..analysis import analyze, causal_check, write_table
+    from ..analysis import analyze, causal_check, write_results, write_table
     from ..basis import Basis
     from ..models import load_model
 
-    out = ensure_writable_dir(args.out)
-    basis = Basis.load(args.basis)
-    t0 = time.perf_counter()
-    ad = load_model(args.model, revision=args.revision, backend=args.backend, device=_device(args.device))
-    ckpt = args.revision or ""
-    df = analyze(ad, basis, checkpoint=ckpt, circuits=not args.no_circuits, dictionary=args.dictionary)
-    files = write_table(df, out, "analysis")
-    if args.heldout:
-        from ..corpus import load_corpus
-        require(args.heldout_windows >= 1, f"--heldout-windows must be >= 1 (got {args.heldout_windows})")
-        require(ad.tokenizer is not None, "the model has no tokenizer to read --heldout text; give a .npy of token windows")
-        w = load_corpus(args.heldout, seq_len=basis.seq_len, tokenizer=ad.tokenizer, vocab_size=ad.d_vocab)
-        w = w[: args.heldout_windows]
-        cc = causal_check(ad, basis, w if ad.token_space else w.tokens, seeds=args.seeds, checkpoint=ckpt)
-        files += write_table(cc, out, "causal")
+    require(args.heldout_windows >= 1, f"--heldout-windows must be >= 1 (got {args.heldout_windows})")
+    require(args.seeds >= 1, f"--seeds must be >= 1 (got {args.seeds})")
+    with staged_dir(args.out, OWNS["analyze"], inputs=_inputs(args)) as stage:
+        basis = Basis.load(args.basis)
+        t0 = time.perf_counter()
+        ad = load_model(args.model, revision=args.revision, backend=args.backend, device=_device(args.device))
+        ckpt = args.revision or ""
+        cc = None
+        if args.heldout:  # read the held-out text before the long analysis: a bad file fails fast
+            from ..corpus import load_corpus
+            require(ad.tokenizer is not None, "the model has no tokenizer to read --heldout text; give a .npy of token windows")
+            w = load_corpus(args.heldout, seq_len=basis.seq_len, tokenizer=ad.tokenizer, vocab_size=ad.d_vocab)
+            w = w[: args.heldout_windows]
+        df = analyze(ad, basis, checkpoint=ckpt, circuits=not args.no_circuits, residuals=not args.no_residuals,
+                     dictionary=args.dictionary)
+        if args.heldout:
+            cc = causal_check(ad, basis, w if ad.token_space else w.tokens, seeds=args.seeds, checkpoint=ckpt)
+        files = write_results(df, stage)
+        if cc is not None:
+            files += write_table(cc, stage, "causal")
     print(f"analyze: {ad.name} ({ad.kind}), k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
-          + ", ".join(str(f) for f in files))
+          + ", ".join(str(Path(args.out) / f.name) for f in files))
     return 0
 
 
 def run_sweep(args) -> int:
-    from ..analysis import parse_checkpoints, sweep, write_table
+    from ..analysis import parse_checkpoints, sweep, write_results
     from ..basis import Basis
 
-    out = ensure_writable_dir(args.out)
     ckpts = parse_checkpoints(args.checkpoints)  # fail on unknown names before loading anything
-    basis = Basis.load(args.basis)
-    t0 = time.perf_counter()
-    df = sweep(args.model, ckpts, basis, backend=args.backend, device=_device(args.device),
-               circuits=not args.no_circuits, dictionary=args.dictionary)
-    files = write_table(df, out, "analysis")
+    with staged_dir(args.out, OWNS["sweep"], inputs=_inputs(args)) as stage:
+        basis = Basis.load(args.basis)
+        t0 = time.perf_counter()
+        df = sweep(args.model, ckpts, basis, backend=args.backend, device=_device(args.device),
+                   circuits=not args.no_circuits, residuals=not args.no_residuals, dictionary=args.dictionary)
+        files = write_results(df, stage)
     print(f"sweep: {len(ckpts)} checkpoints, k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
-          + ", ".join(str(f) for f in files))
+          + ", ".join(str(Path(args.out) / f.name) for f in files))
     return 0

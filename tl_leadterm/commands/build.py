@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import require
-from ..io import check_writable_dir, ensure_writable_dir, write_json_atomic
+from ..io import OWNS, check_writable_dir, refuse_overwriting_inputs, staged_dir, write_json_atomic
 from .common import add_corpus_args, corpus_from_args, device_arg, dtype_arg, read_token_ids_file
 
 
@@ -55,6 +55,7 @@ def run_basis(args) -> int:
     out = Path(args.out)
     require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
     check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
+    refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer])
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
     token_ids = read_token_ids_file(args.token_ids) if args.token_ids else None
     windows = corpus_from_args(args)
@@ -70,6 +71,7 @@ def run_toy_train(args) -> int:
     from ..toy import ToyConfig, ToyTransformer, train_toy
 
     check_writable_dir(args.out)  # nothing is created until the inputs have been checked
+    refuse_overwriting_inputs([Path(args.out) / n for n in OWNS["toy-train"]], [args.corpus, args.tokenizer])
     require(args.layers >= 1, f"--layers must be >= 1 (got {args.layers})")
     require(args.steps >= 0, f"--steps must be >= 0 (got {args.steps})")
     require(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number (got {args.lr})")
@@ -83,24 +85,24 @@ def run_toy_train(args) -> int:
     require(need <= available_bytes(device),
             f"a toy model with |V|={V} and {args.layers} layers needs about {need / 2**30:.1f} GB to train; "
             "use --word-vocab-size to shrink the vocabulary, fewer --layers, or --dtype float32")
-    out = ensure_writable_dir(args.out)
-    model = ToyTransformer(ToyConfig(V, windows.seq_len, args.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
-    callback = None
-    monitor = None
-    if args.log_every:
-        from ..monitor import toy_monitor_for_cli
-        monitor = toy_monitor_for_cli(model, windows, out / "monitor.jsonl", every=args.log_every, lr=args.lr,
-                                      dtype=dtype, device=device)
-        callback = monitor.callback
-    t0 = time.perf_counter()
-    res = train_toy(model, windows, lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed, callback=callback)
-    if monitor is not None:
-        monitor.close()
-    meta = {"lr": args.lr, "steps": args.steps, "batch_size": args.batch_size or "full", "seed": args.seed,
-            "corpus_fingerprint": windows.fingerprint, "corpus_source": windows.source, "seq_len": windows.seq_len}
-    model.save(out / "toy.safetensors", **meta)
-    write_json_atomic(out / "train.json", {**meta, "vocab_size": V, "layers": args.layers, "losses": res.losses,
-                                           "seconds": time.perf_counter() - t0})
+    with staged_dir(args.out, OWNS["toy-train"], inputs=[args.corpus, args.tokenizer]) as stage:
+        model = ToyTransformer(ToyConfig(V, windows.seq_len, args.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
+        monitor = None
+        if args.log_every:
+            from ..monitor import toy_monitor_for_cli
+            monitor = toy_monitor_for_cli(model, windows, stage / "monitor.jsonl", every=args.log_every, lr=args.lr,
+                                          dtype=dtype, device=device)
+        try:
+            res = train_toy(model, windows, lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                            callback=monitor.callback if monitor is not None else None)
+        finally:
+            if monitor is not None:
+                monitor.close()
+        meta = {"lr": args.lr, "steps": args.steps, "batch_size": args.batch_size or "full", "seed": args.seed,
+                "corpus_fingerprint": windows.fingerprint, "corpus_source": windows.source, "seq_len": windows.seq_len}
+        model.save(stage / "toy.safetensors", **meta)
+        write_json_atomic(stage / "train.json", {**meta, "vocab_size": V, "layers": args.layers, "losses": res.losses})
+    out = Path(args.out)
     final = f"{res.losses[-1]:.4f}" if res.losses else "n/a"
     print(f"toy model: |V|={V}, T={windows.seq_len}, L={args.layers}, {args.steps} steps, final loss {final} -> {out / 'toy.safetensors'}")
     return 0

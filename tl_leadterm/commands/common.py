@@ -63,11 +63,5 @@ def dtype_arg(name: str) -> torch.dtype:
 
 
 def device_arg(name: str | None):
-    if name is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise LeadTermError(f"unknown --device {name!r}; use cpu or cuda") from None
-    require(dev.type != "cuda" or torch.cuda.is_available(), "--device cuda was asked for but CUDA is not available; use --device cpu")
-    return dev
+    from ..io import resolve_device
+    return resolve_device(name)

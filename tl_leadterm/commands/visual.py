@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import require
-from ..io import check_writable_dir
+from ..io import check_writable_dir, staged_dir
 from ..pipeline import DEMO_TEXT, DEMO_TOKENS, DemoConfig
 
 
@@ -27,6 +27,9 @@ def register(sub) -> None:
                    help="Pythia tokenizer.json for the Pythia-architecture section (random local model); default: "
                         "../shared/data/gpt-neox-20b-tokenizer.json beside the checkout, skipped if absent")
     d.add_argument("--no-pythia", action="store_true", help="skip the Pythia-architecture section")
+    d.add_argument("--neox-steps", type=int, default=64, metavar="S",
+                   help="train a GPT-NeoX (Pythia architecture, word tokenizer) from random init for S steps, checkpoints on "
+                        "Pythia's schedule, and sweep them beyond the leading term (default 64; 0 skips)")
     d.set_defaults(func=run_demo)
 
     r = sub.add_parser("report", help="build the self-contained HTML report from saved results",
@@ -55,9 +58,9 @@ def run_demo(args) -> int:
 
     cfg = DemoConfig(out=args.out, seq_len=args.seq_len, layers=args.layers, steps=args.steps, lr=args.lr,
                      batch_size=args.batch_size, seed=args.seed, text=args.text, tokens=tuple(_tokens_list(args.tokens)),
-                     pythia_tokenizer=args.pythia_tokenizer, no_pythia=args.no_pythia)
+                     pythia_tokenizer=args.pythia_tokenizer, no_pythia=args.no_pythia, neox_steps=args.neox_steps)
     result = run(cfg)
-    print(f"report: {result.report}  ({result.summary['total seconds']}s)")
+    print(f"report: {result.report}  ({result.seconds}s)")
     return 0
 
 
@@ -84,10 +87,12 @@ def run_report(args) -> int:
         extra += [(f"Attention: {model.name}", v) for v in comp.views()]
     if args.tokens:
         from ..visual import association_view, associations
-        toy = model if model is not None and model.token_space else None
-        assoc = associations(basis, _tokens_list(args.tokens), model=toy)
+        assoc = associations(basis, _tokens_list(args.tokens), model=model)
         extra += [("Association explorer", association_view(assoc, t)) for t in dict.fromkeys(assoc["token"])]
     from ..report import build_report
-    path = build_report(args.results, out, title=args.title, extra_views=extra)
-    print(f"report: {path}")
+    model_path = args.model[4:] if args.model and args.model.startswith("toy:") else args.model
+    with staged_dir(out.parent if str(out.parent) else ".", {out.name, "plots"},
+                    inputs=[*args.results, args.basis, model_path]) as stage:
+        build_report(args.results, stage / out.name, title=args.title, extra_views=extra)
+    print(f"report: {out}")
     return 0

@@ -23,15 +23,18 @@ Stable API (used by the analysis, the report and the training monitor)
 GPT-NeoX model (e.g. Pythia being trained) becomes an :class:`HFNeoXAdapter`.
 
 One module per job: :mod:`.adapter` (the interface), :mod:`.hf` (raw GPT-NeoX),
-:mod:`.loading` (loading, Pythia revisions, :func:`save_random_pythia` for offline tests).
+:mod:`.loading` (loading, Pythia revisions), :mod:`.pythia` (Pythia-architecture models offline:
+:func:`save_random_pythia`, :func:`train_pythia`).
 """
 
 from .adapter import ModelAdapter
 from .hf import HFNeoXAdapter
 from .loading import (
-    HAS_BRIDGE, PYTHIA_REVISIONS, PYTHIA_STEPS, adapt, default_backend, load_model, save_random_pythia, tl_version,
+    HAS_BRIDGE, PYTHIA_REVISIONS, PYTHIA_STEPS, adapt, default_backend, load_model, pythia_steps, tl_version,
     validate_revision,
 )
+from .pythia import pythia_config, save_random_pythia, train_pythia
 
 __all__ = ["ModelAdapter", "HFNeoXAdapter", "HAS_BRIDGE", "PYTHIA_REVISIONS", "PYTHIA_STEPS", "adapt",
-           "default_backend", "load_model", "save_random_pythia", "tl_version", "validate_revision"]
+           "default_backend", "load_model", "pythia_steps", "tl_version", "validate_revision", "pythia_config",
+           "save_random_pythia", "train_pythia"]

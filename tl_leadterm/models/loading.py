@@ -1,9 +1,8 @@
 """Loading models: hub names with Pythia revisions, local directories, toy:PATH, loaded objects.
 
 ``load_model(spec, revision=None, *, device="cpu", dtype=torch.float32, backend="auto") -> ModelAdapter``
-(see :mod:`tl_leadterm.models`), ``adapt(model)`` for a model already in memory, the Pythia
-checkpoint names, and :func:`save_random_pythia` (a small random Pythia-architecture model
-directory with the Pythia tokenizer, for offline tests: fixture ``tiny_pythia_dir``).
+(see :mod:`tl_leadterm.models`), ``adapt(model)`` for a model already in memory, and the Pythia
+checkpoint names.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import LeadTermError, require
+from ..io import resolve_device
 from .adapter import ModelAdapter
 from .hf import HFNeoXAdapter, is_hf_neox
 
@@ -51,6 +51,11 @@ def default_backend() -> str:
 # ---------------------------------------------------------------------------
 PYTHIA_STEPS = [0] + [2 ** i for i in range(10)] + list(range(1000, 143001, 1000))
 PYTHIA_REVISIONS = [f"step{s}" for s in PYTHIA_STEPS]
+
+
+def pythia_steps(max_steps: int) -> list[int]:
+    """Pythia's checkpoint schedule up to ``max_steps``: 0, 1, 2, 4, ..., 512, then every 1000."""
+    return [s for s in [0] + [2 ** i for i in range(10)] + list(range(1000, max_steps + 1, 1000)) if s <= max_steps]
 
 
 def _revisions_hint() -> str:
@@ -202,6 +207,9 @@ def _load_bridge(spec: str, revision: str | None, device, dtype) -> Any:
 def load_model(spec, revision: str | None = None, *, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, backend: str = "auto") -> ModelAdapter:
     """Load or wrap a model (see module docstring) and return a :class:`ModelAdapter`."""
+    device = resolve_device(device)
+    require(dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+            f"{{dtype}} must be a torch floating dtype such as torch.float32, got {dtype!r}")
     if not isinstance(spec, (str, os.PathLike)):
         require(revision is None, "revision= applies to hub names only; load the checkpoint yourself or pass its name")
         return adapt(spec)
@@ -228,43 +236,3 @@ def load_model(spec, revision: str | None = None, *, device: str | torch.device 
     ckpt = "" if revision is None else validate_revision(revision)
     name = str(p.resolve()) if p.is_dir() else s
     return adapt(model, name, ckpt)
-
-
-
-# ---------------------------------------------------------------------------
-# test helper
-# ---------------------------------------------------------------------------
-def save_random_pythia(out_dir: str | os.PathLike, tokenizer_file: str | os.PathLike, n_layers: int = 2,
-                       d_model: int = 64, n_heads: int = 4, seed: int = 0, *, vocab_size: int = 50304,
-                       d_mlp: int | None = None, n_ctx: int = 2048, parallel: bool = True) -> Path:
-    """Save a randomly initialised Pythia-architecture ``GPTNeoXForCausalLM`` and the Pythia tokenizer.
-
-    The result is a local Hugging Face model directory (``config.json``,
-    ``model.safetensors``, tokenizer files) that :func:`load_model` (and
-    TransformerLens) load offline.  Config: vocab 50,304, rotary on 25% of each
-    head, parallel attention/MLP, untied unembedding, GELU MLP of ``4 d_model`` —
-    Pythia-70m in miniature.  Deterministic in ``seed``.
-    """
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
-
-    require(d_model % n_heads == 0, f"d_model={d_model} is not divisible by n_heads={n_heads}; choose sizes that divide")
-    tf = Path(tokenizer_file)
-    require(tf.is_file(), f"tokenizer file {tf} not found; give the Pythia tokenizer.json (e.g. ../shared/data/gpt-neox-20b-tokenizer.json)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = GPTNeoXConfig(
-        vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        intermediate_size=d_mlp or 4 * d_model, max_position_embeddings=n_ctx, rotary_pct=0.25,
-        rotary_emb_base=10000, use_parallel_residual=parallel, tie_word_embeddings=False,
-        bos_token_id=0, eos_token_id=0, layer_norm_eps=1e-5, hidden_act="gelu", initializer_range=0.02,
-    )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(cfg).eval()
-    finally:
-        torch.random.set_rng_state(state)
-    model.save_pretrained(str(out))
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tf), eos_token="<|endoftext|>", pad_token="<|padding|>")
-    tok.save_pretrained(str(out))
-    return out

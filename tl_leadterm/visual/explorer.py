@@ -45,37 +45,71 @@ def _residual(A: Tensor, B: Tensor) -> Tensor:
     return projection(A, {"term": B}).residual
 
 
-def association_sources(basis: Basis, model=None) -> dict[str, tuple[Tensor, str]]:
-    """``{source name: (k x k matrix over the basis tokens, description)}`` for the explorer (module docstring)."""
-    out: dict[str, tuple[Tensor, str]] = {}
+def association_sources(basis: Basis, model=None) -> dict[str, tuple]:
+    """``{source name: (rows, description)}`` for the explorer (module docstring); ``rows`` is a ``k x k``
+    matrix over the basis tokens or a function of a basis index giving that row (real models)."""
+    out: dict[str, tuple] = {}
     for name in MATRIX_NAMES:
         t = TERMS[name]
         out[t.symbol] = (getattr(basis, name).double().cpu(), f"{name}: token as {t.rows} → {t.columns} tokens")
-    if model is not None:
-        from ..analysis.compat import check_compatible
-        from ..models import adapt
-        ad = adapt(model)
-        require(ad.token_space, "learned-weight associations need the toy model (its weights live in token space)")
-        check_compatible(ad, basis)
-        weights = {name: w.detach().double().cpu() for name, w in ad.model.weights().items()}
-        learned = {"W_O": basis.sub_block(weights["W_O"])}
-        for l in range(ad.n_layers):
-            learned[f"V.{l}"] = basis.sub_block(weights[f"V.{l}"])
-            learned[f"W.{l}"] = basis.sub_block(weights[f"W.{l}"])
-            learned[f"V.{l}·W_O"] = basis.sub_block(weights[f"V.{l}"] @ weights["W_O"])
-        for name, A in learned.items():
-            t = TERMS[leading(name).term]
-            out[f"learned {name}"] = (A, f"learned weight {name} (compare {t.symbol}): row = {t.rows}, columns = {t.columns}")
-            out[f"residual {name}"] = (_residual(A, getattr(basis, t.name).double().cpu()),
-                                       f"{name} minus its best multiple of {t.symbol}: beyond the leading term (largest |value|)")
+    if model is None:
+        return out
+    from ..analysis.compat import check_compatible
+    from ..models import adapt
+    ad = adapt(model)
+    check_compatible(ad, basis)
+    out.update(_toy_sources(ad, basis) if ad.token_space else _circuit_sources(ad, basis))
+    return out
+
+
+def _toy_sources(ad, basis: Basis) -> dict[str, tuple]:
+    """The toy model's learned weights on the basis tokens, and each one's residual beyond its leading term."""
+    out = {}
+    weights = {name: w.detach().double().cpu() for name, w in ad.model.weights().items()}
+    learned = {"W_O": basis.sub_block(weights["W_O"])}
+    for l in range(ad.n_layers):
+        learned[f"V.{l}"] = basis.sub_block(weights[f"V.{l}"])
+        learned[f"W.{l}"] = basis.sub_block(weights[f"W.{l}"])
+        learned[f"V.{l}·W_O"] = basis.sub_block(weights[f"V.{l}"] @ weights["W_O"])
+    for name, A in learned.items():
+        t = TERMS[leading(name).term]
+        out[f"learned {name}"] = (A, f"learned weight {name} (compare {t.symbol}): row = {t.rows}, columns = {t.columns}")
+        out[f"residual {name}"] = (_residual(A, getattr(basis, t.name).double().cpu()),
+                                   f"{name} minus its best multiple of {t.symbol}: beyond the leading term (largest |value|)")
+    return out
+
+
+def _circuit_sources(ad, basis: Basis) -> dict[str, tuple]:
+    """A real model's head-averaged OV and QK circuits per layer, and each one's residual beyond its leading
+    term modulo row offsets (:mod:`tl_leadterm.analysis.residual`); rows are computed one at a time."""
+    from ..analysis.heads import AtomCache, head_matrix
+    from ..analysis.residual import fit
+    from ..theory import SITES
+
+    out = {}
+    for l in range(ad.n_layers):
+        for site in ("circuit_ov", "circuit_qk"):
+            X = head_matrix(ad, basis, l, None, site).double()
+            target = SITES[site].target
+            atoms = AtomCache(basis, X.A.device).get(target)
+            c = fit(X, atoms, top=1, n_singular=0, what=f"layer {l} {site}").coef[target]
+            T = getattr(basis, target).to(X.A.device, torch.float64)
+            t = TERMS[target]
+            A, B = X.A, X.B - X.B.mean(dim=1, keepdim=True)
+            out[f"learned {site} L{l}"] = (lambda i, A=A, B=X.B: (A[i] @ B).cpu(),
+                                           f"{site} of layer {l}, head average (compare {t.symbol}): row = {t.rows}, columns = {t.columns}")
+            out[f"residual {site} L{l}"] = (lambda i, A=A, B=B, c=c, T=T: (A[i] @ B - c * (T[i] - T[i].mean())).cpu(),
+                                            f"{site} of layer {l} minus its best multiple of {t.symbol}, modulo row offsets: "
+                                            "beyond the leading term (largest |value|)")
     return out
 
 
 def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: int = 8):
     """Long DataFrame ``token, source, rank, associate, value, description`` of the top associates.
 
-    Sources: B̄, Φ̄, ΣB̄, M, Ḡ, Q̄ and, with a toy ``model``, its learned weights and their
-    residuals beyond the leading term (ranked by ``|value|``; the others by value).
+    Sources: B̄, Φ̄, ΣB̄, M, Ḡ, Q̄ and, with a ``model``, what it learned and the residual beyond the
+    leading term (ranked by ``|value|``; the others by value): for the toy model its weights, for any
+    other model each layer's head-averaged OV and QK circuits on the basis tokens.
     """
     import pandas as pd
 
@@ -86,7 +120,7 @@ def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: 
     for tok in tokens:
         i = resolve_token(basis, tok)
         for src, (A, desc) in srcs.items():
-            row = A[i]
+            row = A(i) if callable(A) else A[i]
             key = row.abs() if src.startswith("residual") else row
             order = torch.sort(-key, stable=True).indices[: min(top, row.numel())]
             for rank, j in enumerate(order.tolist(), 1):
@@ -121,3 +155,24 @@ def association_view(df, token: str) -> CVView:
                                         "labels": sources},
                   title=f"associates of {token!r}",
                   caption="Top associates under each source (click a source to colour by it; values scaled to max |value| = 1).")
+
+
+def residual_view(fit, strs: list[str], title: str, *, n_tokens: int = 10) -> CVView:
+    """circuitsvis ``ColoredTokensMulti`` of a residual's top singular directions (:class:`~tl_leadterm.analysis.ResidualFit`):
+    the tokens that weigh most in each left (row) and right (column) singular vector, one value set per vector
+    (scaled to max |value| = 1)."""
+    require(len(fit.singular) > 0, f"{title}: the residual has no singular directions (it is zero)")
+    picks: list[int] = []
+    sets = []
+    for i, (s, u, v) in enumerate(fit.singular):
+        for name, vec in ((f"σ{i + 1}={s:.3g} rows", u), (f"σ{i + 1} cols", v)):
+            vec = vec.detach().double().cpu()
+            picks += [j for j in vec.abs().argsort(descending=True)[:n_tokens].tolist() if j not in picks]
+            sets.append((name, vec / max(float(vec.abs().max()), 1e-300)))
+    vals = torch.stack([vec[picks] for _, vec in sets], dim=1)
+    return CVView("ColoredTokensMulti", {"tokens": [f" {strs[j]} " for j in picks], "values": vals.float().numpy().round(4),
+                                        "labels": [name for name, _ in sets]},
+                  title=title,
+                  caption="Beyond the leading term: the residual's top singular directions. Each value set colours the "
+                          "tokens by one singular vector (rows: the matrix's row tokens, e.g. sources for OV; cols: its "
+                          "column tokens, e.g. promoted outputs); click a set to colour by it.")
