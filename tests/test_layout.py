@@ -21,7 +21,7 @@ STAGES = [
     {"models"},
     {"analysis", "compare"},
     {"visual", "plots"},
-    {"monitor", "report"},
+    {"monitor", "report", "results"},
     {"pipeline"},
     {"commands", "cli"},
 ]

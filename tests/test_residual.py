@@ -170,7 +170,7 @@ def test_similarity_rows_stay(table):
 
 
 def test_dictionary_projection(adapter, basis):
-    df = analyze_model(adapter, basis, progress=False, circuits=False, dictionary=True, n_singular=0)
+    df = analyze_model(adapter, basis, progress=False, dictionary=True, n_singular=0)
     rows = df[(df.site == "circuit_ov") & (df.measure == "coef") & (df.layer == 0) & (df["head"] == 1)]
     assert list(rows.target) == list(DICTIONARY)
     assert rows[rows.target == "ones"].value.item() == pytest.approx(0.0, abs=1e-12)   # constant rows vanish modulo offsets

@@ -82,9 +82,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
 
     cfg.validate()
     t_start = time.perf_counter()
-    bar = tqdm(total=9, desc="demo", unit="stage", disable=not progress, leave=False)
+    bar = None
     try:
         with staged_dir(cfg.out, OWNS["demo"]) as out:  # a failed run leaves cfg.out as it was
+            bar = tqdm(total=9, desc="demo", unit="stage", disable=not progress, leave=False)
             torch.manual_seed(cfg.seed)
             _stage(bar, "corpus")
             windows = load_corpus("builtin:stories", seq_len=cfg.seq_len)
@@ -173,7 +174,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
             write_json_atomic(out / "summary.json", summary)
             build_report(out, out / "report.html", title="tl_leadterm demo: gradient leading terms on the embedded corpus")
     finally:
-        bar.close()  # before any error is printed: the error is the last line a user sees
+        if bar is not None:
+            bar.close()  # cleared before any error is printed: the error is the last line a user sees
     seconds = round(time.perf_counter() - t_start, 1)
     return DemoResult(Path(cfg.out) / "report.html", summary, notes, seconds)
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.hashsalt"] = "tl_leadterm"   # same figure, same SVG bytes (ids are otherwise random)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -41,7 +42,8 @@ def _save(fig, path) -> Path:
     require(p.suffix.lower() in FORMATS, f"plot path {p} must end in .png or .svg")
     fig.tight_layout()
     with atomic_path(p) as tmp:
-        fig.savefig(tmp, format=p.suffix[1:].lower(), dpi=110)
+        fmt = p.suffix[1:].lower()
+        fig.savefig(tmp, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else {"Software": None})
     plt.close(fig)
     return p
 

@@ -38,9 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import LeadTermError, require
+from .errors import require
 from .io import write_text_atomic
 from .theory import LEADING
+from .results import read_csv, read_json, read_monitor, read_table, read_views
 from .visual import CVView, circuitsvis_bundle
 
 CSS = """
@@ -101,8 +102,8 @@ class Report:
             self.parts.append(f"<h3>{html.escape(v.title)}</h3>")
         if v.caption:
             self.parts.append(f'<p class="caption">{html.escape(v.caption)}</p>')
-        self.parts.append(v.fragment())
         self.n_views += 1
+        self.parts.append(v.fragment(id=f"cv-{self.n_views}"))  # unique in the page, and the same every run
         return self
 
     def render(self) -> str:
@@ -122,27 +123,6 @@ class Report:
 # ---------------------------------------------------------------------------
 # from a results folder
 # ---------------------------------------------------------------------------
-def read_table(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:
-        raise LeadTermError(f"{path} is not a readable CSV table ({type(e).__name__}); rebuild it with 'tl-leadterm analyze' or 'demo'") from None
-    need = {"checkpoint", "layer", "head", "site", "measure", "value"}
-    missing = need - set(df.columns)
-    require(not missing, f"{path} lacks columns {', '.join(sorted(missing))}; it is not an analysis table from tl-leadterm")
-    df["checkpoint"] = df["checkpoint"].fillna("").astype(str)
-    return df
-
-
-def read_views(path: Path) -> list[tuple[str, CVView]]:
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise LeadTermError(f"{path} is not valid JSON; rebuild it with 'tl-leadterm demo'") from None
-    require(isinstance(items, list), f"{path} must hold a list of views")
-    return [(d.get("section", "Views") if isinstance(d, dict) else "Views", CVView.from_json(d)) for d in items]
-
-
 def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str, label: str) -> None:
     """Plots and tables for one analysis table (toy or real model)."""
     from . import plots
@@ -246,10 +226,7 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
     for d in dirs:
         summ = d / "summary.json"
         if summ.is_file():
-            try:
-                facts = json.loads(summ.read_text(encoding="utf-8"))
-            except ValueError:
-                raise LeadTermError(f"{summ} is not valid JSON; rebuild it with 'tl-leadterm demo'") from None
+            facts = read_json(summ, dict, "object of settings")
             rep.heading("Run")
             if isinstance(facts, dict) and facts.get("text"):
                 rep.text(str(facts.pop("text")))
@@ -274,7 +251,8 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
     for d in dirs:
         if (d / "attention_scales.csv").is_file():
             rep.heading("Fitted attention scales")
-            rep.table(pd.read_csv(d / "attention_scales.csv"),
+            rep.table(read_csv(d / "attention_scales.csv", numeric=("layer", "head", "scale", "fit_residual"),
+                               text=("model",), what="attention-scale table"),
                       caption="Per layer and head: the least-squares scale c of the leading-term scores, the relative residual "
                               "of that fit, and the mean total-variation distance between the model's and the predicted pattern.")
             found += 1
@@ -282,9 +260,9 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
         tag = f"{i}_" if len(dirs) > 1 else ""
         if (d / "associations.csv").is_file():
             from .visual import association_table
-            adf = pd.read_csv(d / "associations.csv")
-            need = {"token", "source", "rank", "associate", "value"}
-            require(need <= set(adf.columns), f"{d / 'associations.csv'} is not an associations table")
+            adf = read_csv(d / "associations.csv", numeric=("rank", "value"), text=("token", "source", "associate"),
+                           what="associations table")
+            adf["rank"] = adf["rank"].astype(int)
             rep.heading("Association tables")
             for tok in dict.fromkeys(adf["token"]):
                 rep.table(association_table(adf, tok).reset_index(), caption=f"Top associates of {tok!r} per source "
@@ -292,8 +270,7 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
                           "learned/residual: toy weights and what lies beyond their leading term).")
             found += 1
         if (d / "monitor.jsonl").is_file():
-            from .monitor import read_records
-            recs = read_records(d / "monitor.jsonl")
+            recs = read_monitor(d / "monitor.jsonl")
             ser = plots.series_from_monitor(recs)
             if len(ser):
                 rep.heading("Training monitor")

@@ -7,7 +7,7 @@ Every tokenizer is wrapped in a :class:`Tokenizer` with one small interface
 
 The word-level tokenizer (``"words"``)
 --------------------------------------
-Text is lower-cased; every maximal run of letters ``a-z`` is one token and every
+Text is lower-cased; every maximal run of letters (Unicode letters: ``naïve``, ``straße`` and ``книга`` are one token each) is one token and every
 other non-space character (digits, punctuation) is a token of its own.  The
 vocabulary is built from the corpus: ids 0 and 1 are ``<|endoftext|>`` and
 ``<unk>``; then every token seen at least ``min_count`` times, most frequent
@@ -30,7 +30,7 @@ from .errors import LeadTermError
 
 EOS_TEXT = "<|endoftext|>"
 UNK_TEXT = "<unk>"
-_WORD_RE = re.compile(r"[a-z]+|[^\sa-z]")
+_WORD_RE = re.compile(r"[^\W\d_]+|\S")   # a run of (Unicode) letters, or any other non-space character
 
 
 def _fingerprint_vocab(vocab: dict[str, int]) -> str:
@@ -127,7 +127,7 @@ class WordTokenizer(Tokenizer):
         core.normalizer = normalizers.Lowercase()
         core.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
-            pre_tokenizers.Split(Regex(_WORD_RE.pattern.replace(r"\s", "")), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_WORD_RE.pattern), behavior="isolated"),
         ])
         return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK_TEXT, eos_token=EOS_TEXT, pad_token=EOS_TEXT,
                                        name_or_path=self.name)

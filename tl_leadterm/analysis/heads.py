@@ -89,10 +89,11 @@ def emit_fit(rows: list[dict], checkpoint, layer, head, site: str, f: ResidualFi
 
 
 def head_residual_rows(ad, basis: Basis, layer: int, A: Tensor, E: Tensor, U: Tensor, atoms: AtomCache,
-                       checkpoint: str, strs: list[str], top: int = 5, n_singular: int = 3) -> list[dict]:
+                       checkpoint: str, strs: list[str], top: int = 5, n_singular: int = 3,
+                       sites: tuple[str, ...] = HEAD_SITES) -> list[dict]:
     """Every head site of one layer (module docstring)."""
     rows: list[dict] = []
-    for site in HEAD_SITES:
+    for site in sites:
         left, right = head_factors(ad, layer, site, A, E, U)
         per_head, mean = fit_heads(left, right, atoms.get(SITES[site].target), top=top, n_singular=n_singular)
         for h, f in enumerate(per_head):

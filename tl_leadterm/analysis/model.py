@@ -40,7 +40,7 @@ from ..models import adapt
 from ..theory import SITES
 from .compat import check_compatible
 from .factored import Factored
-from .heads import AtomCache, direct_path_rows, head_residual_rows
+from .heads import HEAD_SITES, AtomCache, direct_path_rows, head_residual_rows
 from .measures import Family, Targets, similarities
 from .table import frame, row
 from .toy import decode
@@ -99,14 +99,15 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
             heads(rows, checkpoint, l, "circuit_ov", fam["circuit_ov"], *OV)
             heads(rows, checkpoint, l, "circuit_ov_embed", fam["circuit_ov_embed"], *OV)
         if residuals:
-            rows += head_residual_rows(ad, basis, l, A, E, Ut.T, atoms, checkpoint, strs, top, n_singular)
+            rows += head_residual_rows(ad, basis, l, A, E, Ut.T, atoms, checkpoint, strs, top, n_singular,
+                                       sites=HEAD_SITES if circuits else ("key_query",))
         bar.update(1)
     bar.close()
     if circuits:
         eye = torch.eye(ad.d_model, dtype=torch.float64, device=dev)
         dp = Family(E, Ut, tg.get(SITES["direct_path"].target), True).measure(Factored(eye, eye))
         emit(rows, checkpoint, None, None, "direct_path", dp)
-    if residuals:
+    if residuals and circuits:
         rows += direct_path_rows(E, Ut.T, atoms, checkpoint, strs, top, n_singular)
     return frame(rows)
 

@@ -57,6 +57,8 @@ def run_basis(args) -> int:
     check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
     refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer])
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
+    from ..basis.passes import check_pass_memory
+    check_pass_memory(args.seq_len, device)  # before reading the corpus: a T that cannot fit fails at once
     token_ids = read_token_ids_file(args.token_ids) if args.token_ids else None
     windows = corpus_from_args(args)
     t0 = time.perf_counter()
@@ -80,11 +82,14 @@ def run_toy_train(args) -> int:
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
     windows = corpus_from_args(args)
     V = windows.vocab_size
-    need = (3 * args.layers + 1) * V * V * torch.finfo(dtype).bits // 8 * 3
+    itemsize = torch.finfo(dtype).bits // 8
+    T, batch = windows.seq_len, min(windows.n_windows, args.batch_size or 512)   # full batch runs 512 windows at a time
+    need = (3 * args.layers + 1) * V * V * itemsize * 3 + batch * T * (T + 2 * V) * itemsize * 4 * args.layers
     from ..basis import available_bytes
     require(need <= available_bytes(device),
-            f"a toy model with |V|={V} and {args.layers} layers needs about {need / 2**30:.1f} GB to train; "
-            "use --word-vocab-size to shrink the vocabulary, fewer --layers, or --dtype float32")
+            f"a toy model with |V|={V}, T={T} and {args.layers} layers needs about {need / 2**30:.1f} GB to train; "
+            "use a smaller --seq-len, --word-vocab-size to shrink the vocabulary, fewer --layers, a smaller --batch-size "
+            "or --dtype float32")
     with staged_dir(args.out, OWNS["toy-train"], inputs=[args.corpus, args.tokenizer]) as stage:
         model = ToyTransformer(ToyConfig(V, windows.seq_len, args.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
         monitor = None

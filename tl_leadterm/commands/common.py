@@ -29,9 +29,11 @@ def add_corpus_args(p: argparse.ArgumentParser, *, required: bool = True, seq_le
     g.add_argument("--text-column", default="text", help="dataset column holding the text (default: text)")
     g.add_argument("--split", default="train", help="dataset split (default: train)")
     g.add_argument("--max-docs", type=int, default=None, metavar="N",
-                   help="read at most N documents (datasets default to 50,000 when streaming)")
+                   help="read at most N documents, N >= 1 (datasets default to 50,000 when streaming)")
     g.add_argument("--word-vocab-size", type=int, default=None, metavar="N",
                    help="'words' tokenizer: keep at most N entries (2 specials + most frequent words)")
+    g.add_argument("--encoding", default="utf-8", metavar="CODEC",
+                   help="encoding of text files (default utf-8); a file that is not valid text in it is refused")
     g.add_argument("--word-min-count", type=int, default=1, metavar="N",
                    help="'words' tokenizer: keep words seen at least N times (default 1); others become <unk>")
 
@@ -41,7 +43,7 @@ def corpus_from_args(args):
 
     return load_corpus(args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                        pack=args.pack, text_column=args.text_column, split=args.split, max_docs=args.max_docs,
-                       word_vocab_size=args.word_vocab_size, word_min_count=args.word_min_count)
+                       word_vocab_size=args.word_vocab_size, word_min_count=args.word_min_count, encoding=args.encoding)
 
 
 def read_token_ids_file(path: str) -> list:

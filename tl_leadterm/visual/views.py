@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import json
-import uuid
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import require
@@ -47,11 +47,13 @@ class CVView:
     props: dict
     title: str = ""
     caption: str = ""
-    id: str = field(default_factory=lambda: "cv-" + uuid.uuid4().hex[:12])
+    id: str = ""    # default: derived from the content, so the same view gives the same HTML
 
-    def fragment(self) -> str:
-        return (f'<div class="cv-view" id="{self.id}" data-element="{html.escape(self.element)}"></div>\n'
-                f'<script>CircuitsVis.render("{self.id}", CircuitsVis.{self.element}, {_props_json(self.props)});</script>')
+    def fragment(self, id: str | None = None) -> str:
+        props = _props_json(self.props)
+        vid = id or self.id or "cv-" + hashlib.sha256(f"{self.element}{props}{self.title}".encode()).hexdigest()[:12]
+        return (f'<div class="cv-view" id="{vid}" data-element="{html.escape(self.element)}"></div>\n'
+                f'<script>CircuitsVis.render("{vid}", CircuitsVis.{self.element}, {props});</script>')
 
     def to_html(self) -> str:
         """Standalone HTML: the bundle, then this view."""
