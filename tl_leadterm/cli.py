@@ -22,7 +22,7 @@ from .errors import LeadTermError
 # one module per pipeline stage that has commands
 COMMAND_MODULES = (build, analyze, visual)
 # library parameters whose flag is not named after them
-PARAM_FLAGS = {"source": "--corpus", "every": "--log-every", "results": "--results"}
+PARAM_FLAGS = {"source": "--corpus", "every": "--log-every", "results": "--results", "shard": "--shard"}
 
 
 def _format_warning(message, category, filename, lineno, line=None):

@@ -58,6 +58,10 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Many texts at once (a fast tokenizer's batch encode runs in parallel)."""
+        return [self.encode(t) for t in texts]
+
     def token_str(self, token_id: int) -> str:
         """The string of one token (``<id N>`` for ids the tokenizer does not know)."""
         raise NotImplementedError
@@ -164,6 +168,12 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return list(self._impl.encode(text, add_special_tokens=False))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        try:
+            return [list(x) for x in self._impl(list(texts), add_special_tokens=False)["input_ids"]]
+        except Exception:  # a slow tokenizer without batch support
+            return [self.encode(t) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._impl.decode(list(ids))

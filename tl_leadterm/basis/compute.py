@@ -11,6 +11,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..corpus import Windows
+from ..streams import WindowStream
 from ..errors import LeadTermError, require
 from ..io import resolve_device
 from .memory import Mode, choose_mode
@@ -27,10 +28,13 @@ def token_frequencies(windows: Windows) -> Int[Tensor, "V"]:
 
 def top_k_tokens(windows: Windows, k: int) -> Int[Tensor, "k"]:
     """The ``k`` most frequent tokens (ties broken by smaller id)."""
-    V = windows.vocab_size
+    return top_k_of(token_frequencies(windows), windows.vocab_size, k)
+
+
+def top_k_of(freq: Tensor, V: int, k: int) -> Int[Tensor, "k"]:
+    """The ``k`` most frequent of ``V`` tokens given their frequencies (ties broken by smaller id)."""
     require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"{{top_k}} must be a positive integer, got {k!r}")
     require(k <= V, f"{{top_k}} {k} is larger than the vocabulary ({V} tokens); use {{top_k}} {V} or less")
-    freq = token_frequencies(windows)
     # a stable sort of -frequency keeps ties in ascending id order
     order = torch.sort(-freq, stable=True).indices
     return order[:k].clone()
@@ -61,9 +65,14 @@ def compute_basis(windows: Windows, *, top_k: int | None = None, token_ids=None,
     """The basis of ``windows`` over ``top_k`` most frequent tokens or explicit ``token_ids``.
 
     Two passes (see module docstring).  ``mode`` is ``"auto"`` (exact when it fits,
-    else merge-other with a warning), ``"exact"`` or ``"merge-other"``.
+    else merge-other with a warning), ``"exact"`` or ``"merge-other"``.  ``windows`` may be a
+    :class:`~tl_leadterm.streams.WindowStream` (a corpus too large to hold): it is then read a
+    chunk at a time, with one more pass for the token frequencies when ``top_k`` is given.
     """
     require((top_k is None) != (token_ids is None), "give exactly one of {top_k} or {token_ids}")
+    if isinstance(windows, WindowStream):
+        ids = top_k_of(windows.token_frequencies(), windows.vocab_size, top_k) if top_k is not None else token_ids
+        return compute_basis_sharded(windows, ids, mode=mode, dtype=dtype, device=device, progress=progress)
     _check_run(windows, dtype, device)
     V = windows.vocab_size
     ids = top_k_tokens(windows, top_k) if top_k is not None else validate_token_ids(token_ids, V)
@@ -106,7 +115,7 @@ def compute_basis_sharded(shards: Iterable[Windows] | Sequence[Windows], token_i
     """
     spec, first, tok, sources = None, None, None, []
     digest = hashlib.sha256()  # Windows.fingerprint of the concatenation: tokens (pass 1), lengths (pass 2), |V|
-    for w in shards:
+    for w in _progress(shards, progress, "basis pass 1/2"):
         _check_run(w, dtype, device)
         if spec is None:
             ids = validate_token_ids(token_ids, w.vocab_size)
@@ -115,18 +124,35 @@ def compute_basis_sharded(shards: Iterable[Windows] | Sequence[Windows], token_i
         _check_same_tokenizer(tok, w.tokenizer)
         digest.update(_int64_bytes(w.tokens))
         sources.append(w.source)
-        s = first_pass(w, spec, dtype=dtype, device=device, progress=progress)
+        s = first_pass(w, spec, dtype=dtype, device=device, progress=False)
         first = s if first is None else first + s
     require(first is not None, "no shards given; give at least one shard of windows")
     comp = compositions(first, consume=True)
     second = None
-    for w in shards:
+    for w in _progress(shards, progress, "basis pass 2/2"):
         digest.update(_int64_bytes(w.lengths))
-        s = second_pass(w, comp, progress=progress)
+        s = second_pass(w, comp, progress=False)
         second = s if second is None else second + s
     digest.update(str(spec.vocab_size).encode())
     return assemble(comp, second, tokenizer_json=tok.to_json() if tok is not None else None,
                     corpus_fingerprint=digest.hexdigest()[:16], corpus_source="+".join(dict.fromkeys(sources)))
+
+
+def _progress(shards, progress: bool, desc: str):
+    """The shards, with a bar counting positions when there is more than one."""
+    from tqdm.auto import tqdm
+
+    total = getattr(shards, "n_positions", None)
+    if not progress or (isinstance(shards, Sequence) and len(shards) < 2 and total is None):
+        yield from shards
+        return
+    bar = tqdm(total=total, desc=desc, unit="tok", unit_scale=True, leave=False)
+    try:
+        for w in shards:
+            yield w
+            bar.update(w.n_positions)
+    finally:
+        bar.close()
 
 
 def _check_run(windows, dtype, device) -> None:

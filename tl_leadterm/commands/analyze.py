@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import require
-from ..io import OWNS, staged_dir
+from ..io import OWNS, check_writable_dir, refuse_overwriting_inputs, staged_dir
 
 
 def register(sub) -> None:
@@ -98,13 +98,23 @@ def run_analyze(args) -> int:
 def run_sweep(args) -> int:
     from ..analysis import parse_checkpoints, sweep, write_results
     from ..basis import Basis
+    from ..distributed import world
 
     ckpts = parse_checkpoints(args.checkpoints)  # fail on unknown names before loading anything
+    check_writable_dir(args.out)
+    refuse_overwriting_inputs([Path(args.out) / n for n in OWNS["sweep"]], _inputs(args))
+    basis = Basis.load(args.basis)
+    t0 = time.perf_counter()
+    kw = dict(backend=args.backend, circuits=not args.no_circuits, residuals=not args.no_residuals, dictionary=args.dictionary)
+    if world() is not None:   # torchrun: checkpoints spread over the ranks, rank 0 writes the one table
+        from ..distributed import process_group, sweep_distributed
+        with process_group(args.device) as (rank, size, dev):
+            df = sweep_distributed(args.model, ckpts, basis, device=dev, **kw)
+        if df is None:
+            return 0
+    else:
+        df = sweep(args.model, ckpts, basis, device=_device(args.device), **kw)
     with staged_dir(args.out, OWNS["sweep"], inputs=_inputs(args)) as stage:
-        basis = Basis.load(args.basis)
-        t0 = time.perf_counter()
-        df = sweep(args.model, ckpts, basis, backend=args.backend, device=_device(args.device),
-                   circuits=not args.no_circuits, residuals=not args.no_residuals, dictionary=args.dictionary)
         files = write_results(df, stage)
     print(f"sweep: {len(ckpts)} checkpoints, k={basis.k}, {len(df)} rows, {time.perf_counter() - t0:.1f}s -> "
           + ", ".join(str(Path(args.out) / f.name) for f in files))

@@ -27,8 +27,28 @@ def register(sub) -> None:
                         "else merge-other with a warning")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="accumulation and output precision (default float64)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output basis file (written atomically)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="output basis file (written atomically); with --shard, the shard's statistics file")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N (0-based; contiguous blocks of windows) for a run without torchrun; "
+                        "round 1 writes pass-1 statistics to --out, round 2 (with --pass2) pass-2 sums; see 'merge'")
+    p.add_argument("--pass2", default=None, metavar="FILE",
+                   help="round 2 of a sharded run: the file 'merge' wrote from every shard's round-1 statistics")
     p.set_defaults(func=run_basis)
+
+    m = sub.add_parser("merge", help="merge shard statistics ('basis --shard I/N') in two rounds",
+                       description="Pass 2 needs Ḡ of the whole corpus, so a sharded basis takes two rounds. Round 1: run "
+                                   "'basis ... --shard I/N --out s1_I.safetensors' for I = 0..N-1, then "
+                                   "'merge --stats s1_*.safetensors --out g.safetensors'. Round 2: run "
+                                   "'basis ... --shard I/N --pass2 g.safetensors --out s2_I.safetensors' for every I, then "
+                                   "'merge --pass2 g.safetensors --stats s2_*.safetensors --out basis.safetensors'. Every shard "
+                                   "needs the same --corpus, --seq-len, --token-ids and --mode (exact or merge-other). Under "
+                                   "torchrun none of this is needed: 'torchrun --nproc_per_node N --no-python tl-leadterm basis ...'.")
+    m.add_argument("--stats", required=True, nargs="+", metavar="FILE", help="every shard's statistics file of one round")
+    m.add_argument("--pass2", default=None, metavar="FILE", help="round 2: the round-1 merge's output")
+    m.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="round 1: the pass-2 input file; round 2: the basis file")
+    m.set_defaults(func=run_merge)
 
     t = sub.add_parser("toy-train", help="train the paper's toy model (zero init, plain GD/SGD) and save its weights",
                        description="Train the attention-only one-hot toy model of THEORY.md §1 from zero with plain gradient descent; "
@@ -51,21 +71,75 @@ def register(sub) -> None:
 
 def run_basis(args) -> int:
     from ..basis import compute_basis
+    from ..distributed import world
 
     out = Path(args.out)
     require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
     check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
-    refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer])
+    refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer, args.pass2])
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
     from ..basis.passes import check_pass_memory
     check_pass_memory(args.seq_len, device)  # before reading the corpus: a T that cannot fit fails at once
+    require(args.shard is not None or args.pass2 is None, "--pass2 is round 2 of a sharded run: give --shard I/N as well")
     token_ids = read_token_ids_file(args.token_ids) if args.token_ids else None
-    windows = corpus_from_args(args)
+    if args.shard is not None:
+        return _run_shard(args, out, token_ids, dtype)
+    windows = corpus_from_args(args, stream=True)
+    _report_dropped(windows)
     t0 = time.perf_counter()
-    basis = compute_basis(windows, top_k=args.top_k, token_ids=token_ids, mode=args.mode, dtype=dtype, device=device)
+    if world() is not None:
+        from ..distributed import compute_basis_distributed, process_group
+        with process_group(device) as (rank, size, dev):
+            basis = compute_basis_distributed(windows, top_k=args.top_k, token_ids=token_ids, mode=args.mode, dtype=dtype,
+                                              device=dev, progress=rank == 0)
+        if basis is None:   # ranks other than 0 write nothing
+            return 0
+    else:
+        basis = compute_basis(windows, top_k=args.top_k, token_ids=token_ids, mode=args.mode, dtype=dtype, device=device)
     basis.save(out)
     print(f"basis: k={basis.k} tokens, |V|={basis.vocab_size}, T={basis.seq_len}, n={basis.n_positions} positions, "
           f"mode={basis.mode}, {time.perf_counter() - t0:.1f}s -> {out}")
+    return 0
+
+
+def _report_dropped(windows) -> None:
+    dropped = getattr(windows, "dropped_tokens", 0)
+    if dropped:
+        print(f"note: {dropped:,} tokens in item tails shorter than T+1 are in no window (counted, not used)")
+
+
+def _run_shard(args, out: Path, token_ids, dtype) -> int:
+    from ..shards import parse_shard, shard_pass1, shard_pass2
+
+    shard = parse_shard(args.shard)
+    require(args.pass2 is not None or token_ids is not None,
+            "a sharded run needs --token-ids (every shard must count the same tokens); pick them first, e.g. from a "
+            "one-process basis of a sample with --top-k")
+    require(args.mode != "auto", "a sharded run needs --mode exact or --mode merge-other (every shard must agree)")
+    windows = corpus_from_args(args, stream=True)
+    if args.pass2 is None:
+        shard_pass1(windows, token_ids, shard, out, mode=args.mode, dtype=dtype)
+        print(f"basis shard {shard[0]}/{shard[1]} round 1 (pass-1 statistics) -> {out}")
+    else:
+        shard_pass2(windows, args.pass2, shard, out)
+        print(f"basis shard {shard[0]}/{shard[1]} round 2 (pass-2 sums) -> {out}")
+    return 0
+
+
+def run_merge(args) -> int:
+    from ..shards import merge_pass1, merge_pass2
+
+    out = Path(args.out)
+    require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
+    check_writable_dir(out.parent if str(out.parent) else ".")
+    refuse_overwriting_inputs([out], [*args.stats, args.pass2])
+    if args.pass2 is None:
+        merge_pass1(args.stats, out)
+        print(f"merge round 1: {len(args.stats)} shards -> {out} (give it to round 2 as --pass2)")
+    else:
+        basis = merge_pass2(args.pass2, args.stats)
+        basis.save(out)
+        print(f"merge round 2: {len(args.stats)} shards -> basis k={basis.k}, n={basis.n_positions} positions -> {out}")
     return 0
 
 

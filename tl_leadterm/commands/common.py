@@ -17,7 +17,9 @@ def add_corpus_args(p: argparse.ArgumentParser, *, required: bool = True, seq_le
     g = p.add_argument_group("corpus")
     g.add_argument("--corpus", required=required, metavar="SRC",
                    help="builtin:stories (embedded), a .txt file or folder of .txt files, a .npy [n, T+1] token array, "
-                        "or a Hugging Face dataset name/local dataset folder (read with datasets, streaming; prefix hf: to force)")
+                        "a token file read memory-mapped (a raw .bin stream, or a Megatron/GPT-NeoX indexed dataset "
+                        "PREFIX.idx + PREFIX.bin, as Pythia's Pile), or a Hugging Face dataset name/local dataset folder "
+                        "(read with datasets, streaming; prefix hf: to force)")
     g.add_argument("--tokenizer", default=None, metavar="TOK",
                    help="'words' (the paper's word-level tokenizer, default for text), a tokenizer.json file, "
                         "a local tokenizer directory, or a hub name such as EleutherAI/pythia-70m")
@@ -29,18 +31,32 @@ def add_corpus_args(p: argparse.ArgumentParser, *, required: bool = True, seq_le
     g.add_argument("--text-column", default="text", help="dataset column holding the text (default: text)")
     g.add_argument("--split", default="train", help="dataset split (default: train)")
     g.add_argument("--max-docs", type=int, default=None, metavar="N",
-                   help="read at most N documents, N >= 1 (datasets default to 50,000 when streaming)")
+                   help="read at most N documents, N >= 1 (default: all; a warning says when the bound cut a dataset stream)")
     g.add_argument("--word-vocab-size", type=int, default=None, metavar="N",
                    help="'words' tokenizer: keep at most N entries (2 specials + most frequent words)")
+    g.add_argument("--token-dtype", default="uint16", choices=("uint16", "uint32", "int32", "int64"),
+                   help="token type of a raw .bin stream (default uint16; an indexed dataset records its own)")
+    g.add_argument("--items", default=None, metavar="A:B", help="indexed dataset: use items A..B-1")
+    g.add_argument("--pythia-steps", default=None, metavar="A:B",
+                   help="indexed dataset of Pythia's pre-shuffled Pile: the training sequences of steps A..B-1 "
+                        "(step s = items s*1024 .. s*1024+1023, 2049 tokens each)")
     g.add_argument("--encoding", default="utf-8", metavar="CODEC",
                    help="encoding of text files (default utf-8); a file that is not valid text in it is refused")
     g.add_argument("--word-min-count", type=int, default=1, metavar="N",
                    help="'words' tokenizer: keep words seen at least N times (default 1); others become <unk>")
 
 
-def corpus_from_args(args):
+def corpus_from_args(args, stream: bool = False):
+    """The corpus the flags name: in-memory windows, or (``stream=True`` and a token file) a memory-mapped stream."""
     from ..corpus import load_corpus
+    from ..streams import is_token_file, open_stream
 
+    if stream and is_token_file(args.corpus) and not str(args.corpus).endswith(".npy"):
+        return open_stream(args.corpus, seq_len=args.seq_len, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
+                           token_dtype=args.token_dtype, items=args.items, pythia_steps=args.pythia_steps)
+    from ..errors import require
+    require(args.items is None and args.pythia_steps is None,
+            "--items and --pythia-steps select items of an indexed dataset (PREFIX.idx + PREFIX.bin); give one as --corpus")
     return load_corpus(args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                        pack=args.pack, text_column=args.text_column, split=args.split, max_docs=args.max_docs,
                        word_vocab_size=args.word_vocab_size, word_min_count=args.word_min_count, encoding=args.encoding)

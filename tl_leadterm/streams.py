@@ -1,0 +1,129 @@
+"""Corpora of real size: windows streamed a chunk at a time, so peak memory is a chunk, not the corpus.
+
+A :class:`WindowStream` is re-iterable (every pass of the basis engine reads it again) and yields
+:class:`~tl_leadterm.corpus.Windows` chunks of at most ``chunk_windows`` windows, gathered from a
+memory-mapped token file (:mod:`tl_leadterm.tokenfiles`: a raw ``.bin`` stream, a Megatron /
+GPT-NeoX indexed dataset, or a ``.npy`` of windows).  :meth:`WindowStream.shard` restricts it to
+a contiguous block of windows, for data-parallel ranks and for shards run as separate jobs;
+the concatenation of the shards, in order, is the whole stream.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .corpus import Windows, validate_token_array
+from .errors import require
+from .tokenfiles import TokenFile, open_token_file
+
+
+class WindowStream:
+    """Windows of ``seq_len + 1`` tokens from a memory-mapped token file, streamed in chunks (module docstring)."""
+
+    def __init__(self, file: TokenFile, seq_len: int, vocab_size: int, *, tokenizer=None, source: str = "",
+                 chunk_windows: int = 4096, lo: int = 0, hi: int | None = None):
+        self.file, self.seq_len, self.vocab_size = file, int(seq_len), int(vocab_size)
+        self.tokenizer, self.source, self.chunk_windows = tokenizer, source or str(file.path), int(chunk_windows)
+        total = file.n_windows(self.seq_len)
+        self.lo, self.hi = lo, total if hi is None else hi
+        require(total > 0, f"{file.path} has no window of {self.seq_len + 1} tokens (seq_len+1); use a smaller {{seq_len}}")
+
+    @property
+    def n_windows(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def n_positions(self) -> int:
+        return self.n_windows * self.seq_len
+
+    @property
+    def dropped_tokens(self) -> int:
+        return self.file.dropped_tokens(self.seq_len)
+
+    def shard(self, index: int, count: int) -> "WindowStream":
+        """The ``index``-th of ``count`` contiguous blocks of windows (0-based)."""
+        require(isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count,
+                f"{{shard}} must be I/N with 0 <= I < N, got {index}/{count}")
+        n = self.n_windows
+        a, b = self.lo + index * n // count, self.lo + (index + 1) * n // count
+        return WindowStream(self.file, self.seq_len, self.vocab_size, tokenizer=self.tokenizer, source=self.source,
+                            chunk_windows=self.chunk_windows, lo=a, hi=b)
+
+    def __iter__(self) -> Iterator[Windows]:
+        T, buf, count = self.seq_len, [], 0
+        for starts in self.file.window_starts(T, self.lo, self.hi):
+            for i in range(0, len(starts), self.chunk_windows):
+                part = starts[i:i + self.chunk_windows]
+                buf.append(part)
+                count += len(part)
+                if count >= self.chunk_windows:
+                    yield self._chunk(np.concatenate(buf))
+                    buf, count = [], 0
+        if buf:
+            yield self._chunk(np.concatenate(buf))
+
+    def _chunk(self, starts: np.ndarray) -> Windows:
+        t = torch.from_numpy(self.file.gather(starts, self.seq_len, self.vocab_size))
+        return Windows(t, torch.full((t.shape[0],), t.shape[1], dtype=torch.long), self.vocab_size, self.tokenizer, self.source)
+
+    def token_frequencies(self) -> torch.Tensor:
+        """How often each token occurs as an input (one streaming pass)."""
+        freq = torch.zeros(self.vocab_size, dtype=torch.long)
+        for w in self:
+            freq += torch.bincount(w.inputs.reshape(-1), minlength=self.vocab_size)[: self.vocab_size]
+        return freq
+
+
+def _npy_file(path: Path, seq_len: int | None, vocab_size: int | None) -> tuple[TokenFile, int]:
+    """A ``.npy`` of windows ``[n, T+1]``, memory-mapped, as a token file of n segments."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    validate_token_array(arr[:1] if arr.ndim == 2 and arr.shape[0] else arr, vocab_size, seq_len, what=path.name)
+    require(arr.dtype.kind in "iu", f"{path.name} has dtype {arr.dtype}; token ids must be integers: save it with .astype(numpy.int64)")
+    n, width = arr.shape
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    return TokenFile(path, flat, np.arange(n, dtype=np.int64) * width, np.full(n, width, np.int64)), width - 1
+
+
+def open_stream(source: str | os.PathLike, *, seq_len: int | None, vocab_size: int | None, tokenizer=None,
+                token_dtype: str = "uint16", items=None, pythia_steps=None, chunk_windows: int = 4096) -> WindowStream:
+    """A :class:`WindowStream` over a token file: ``.bin`` (raw or indexed), ``.idx``, an indexed prefix, or ``.npy``."""
+    from .corpus import _check_int, MAX_VOCAB
+    from .tokenization import resolve_tokenizer
+
+    _check_int("vocab_size", vocab_size, 2, MAX_VOCAB)
+    require(vocab_size is not None, "a token file is pre-tokenized: pass {vocab_size} (the number of token ids, 50304 for Pythia)")
+    p = Path(source)
+    if p.suffix == ".npy":
+        require(p.is_file(), f"token file {p} not found; check the path")
+        require(items is None and pythia_steps is None, "{items} and {pythia_steps} apply to indexed datasets, not .npy windows")
+        file, T = _npy_file(p, seq_len, vocab_size)
+    else:
+        _check_int("seq_len", seq_len, 2)
+        require(seq_len is not None, "{seq_len} is needed to cut a token file into windows")
+        file, T = open_token_file(p, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps), int(seq_len)
+    tok = resolve_tokenizer(tokenizer) if tokenizer not in (None, "words") else None
+    return WindowStream(file, T, vocab_size, tokenizer=tok, source=str(source), chunk_windows=chunk_windows)
+
+
+def is_token_file(source) -> bool:
+    """Does ``source`` name a token file that :func:`open_stream` reads (rather than text)?"""
+    s = str(source)
+    p = Path(s)
+    return p.suffix in (".bin", ".idx", ".npy") or (not p.suffix and Path(f"{s}.idx").is_file())
+
+
+def shard_of(windows, index: int, count: int):
+    """The ``index``-th of ``count`` contiguous blocks of windows, as an iterable of chunks (a stream's
+    shard, or a one-chunk list for in-memory windows); the blocks in order make the whole corpus."""
+    if isinstance(windows, WindowStream):
+        return windows.shard(index, count)
+    require(isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count,
+            f"{{shard}} must be I/N with 0 <= I < N, got {index}/{count}")
+    n = windows.n_windows
+    part = windows[index * n // count:(index + 1) * n // count]
+    return [part] if part.n_windows else []
