@@ -249,3 +249,23 @@ def test_sweep_under_torchrun_equals_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = pd.read_csv(tmp_path / "one" / "analysis.csv"), pd.read_csv(tmp_path / "two" / "analysis.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_text_streamed_through_a_token_file_equals_load_corpus(tmp_path):
+    """Text is read a document at a time, tokenized in batches into a temporary token file and streamed: the same
+    windows, basis and fingerprint as the in-memory corpus, and the temporary file is gone with the stream."""
+    from tl_leadterm import load_corpus
+    from tl_leadterm.streams import open_text_stream
+    txt = tmp_path / "c.txt"
+    txt.write_text("\n<|endoftext|>\n".join(f"story {i}: the bird flew. naïve fish swam {i % 7} times." for i in range(400)))
+    mem = load_corpus(txt, seq_len=12)
+    s = open_text_stream(txt, seq_len=12, chunk_windows=37, workdir=tmp_path)
+    assert torch.equal(torch.cat([w.tokens for w in s]), mem.tokens)
+    a, b = compute_basis(mem, top_k=20, progress=False), compute_basis(s, top_k=20, progress=False)
+    assert rel_err(b, a) <= 1e-12 and a.corpus_fingerprint == b.corpus_fingerprint
+    tmpdir = Path(s._tmp.name)
+    assert tmpdir.is_dir()
+    del s
+    import gc
+    gc.collect()
+    assert not tmpdir.exists()

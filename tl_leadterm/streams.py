@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .corpus import Windows, validate_token_array
-from .errors import require
+from .errors import LeadTermError, require
 from .tokenfiles import TokenFile, open_token_file
 
 
@@ -108,6 +108,58 @@ def open_stream(source: str | os.PathLike, *, seq_len: int | None, vocab_size: i
         file, T = open_token_file(p, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps), int(seq_len)
     tok = resolve_tokenizer(tokenizer) if tokenizer not in (None, "words") else None
     return WindowStream(file, T, vocab_size, tokenizer=tok, source=str(source), chunk_windows=chunk_windows)
+
+
+def open_text_stream(source, *, seq_len: int, tokenizer=None, vocab_size: int | None = None, text_column: str = "text",
+                     split: str = "train", max_docs: int | None = None, word_vocab_size: int | None = None,
+                     word_min_count: int = 1, encoding: str = "utf-8", workdir=None, chunk_windows: int = 4096) -> WindowStream:
+    """A text corpus packed as ``load_corpus(..., pack="join")`` packs it (documents joined by end-of-text, windows of
+    T+1 tokens one after another), with bounded memory: documents are read one at a time, tokenized in batches
+    into a temporary token file (deleted with the stream), and the windows are streamed from it.  The word
+    tokenizer's vocabulary is counted in a first streaming pass.  Same windows, so same basis and fingerprint."""
+    import tempfile
+
+    from .corpus import MAX_VOCAB, _check_int, iter_documents
+    from .tokenization import WordTokenizer, build_word_tokenizer, resolve_tokenizer
+
+    _check_int("seq_len", seq_len, 2)
+    _check_int("vocab_size", vocab_size, 2, MAX_VOCAB)
+    _check_int("word_vocab_size", word_vocab_size, 3)
+    _check_int("word_min_count", word_min_count, 1)
+    docs = lambda: iter_documents(source, text_column=text_column, split=split, max_docs=max_docs, encoding=encoding)  # noqa: E731
+    if tokenizer in (None, "words"):
+        tok = build_word_tokenizer(docs(), max_size=word_vocab_size, min_count=word_min_count)
+    else:
+        tok = resolve_tokenizer(tokenizer)
+    V = tok.vocab_size if vocab_size is None else int(vocab_size)
+    require(V >= tok.vocab_size or not isinstance(tok, WordTokenizer),
+            f"{{vocab_size}} {V} is smaller than the word vocabulary ({tok.vocab_size})")
+    dt = np.uint16 if V <= 1 << 16 else np.uint32
+    tmp = tempfile.TemporaryDirectory(prefix="tl_leadterm_tokens_", dir=workdir)
+    path = Path(tmp.name) / "tokens.bin"
+    n, batch, n_docs = 0, [], 0
+    with open(path, "wb") as fh:
+        def flush():
+            nonlocal n
+            for ids in tok.encode_batch(batch):
+                arr = np.asarray(ids + ([tok.eos_id] if tok.eos_id is not None else []), dtype=np.int64)
+                if arr.size and int(arr.max()) >= V:
+                    raise LeadTermError(f"the tokenizer produced id {int(arr.max())} >= vocab size {V}; pass a larger {{vocab_size}}")
+                fh.write(arr.astype(dt).tobytes())
+                n += arr.size
+            batch.clear()
+        for d in docs():
+            batch.append(d)
+            n_docs += 1
+            if len(batch) == 1024:
+                flush()
+        flush()
+    require(n_docs > 0, f"corpus {str(source)!r} is empty; give a corpus with text in it")
+    require(n >= seq_len + 1, f"the corpus has no window of {seq_len + 1} tokens (seq_len+1); use a larger corpus or a smaller {{seq_len}}")
+    file = TokenFile(path, np.memmap(path, dtype=dt, mode="r"), np.zeros(1, np.int64), np.array([n], np.int64), stride=seq_len + 1)
+    stream = WindowStream(file, seq_len, V, tokenizer=tok, source=str(source), chunk_windows=chunk_windows)
+    stream._tmp = tmp            # the token file lives as long as the stream
+    return stream
 
 
 def is_token_file(source) -> bool:

@@ -77,18 +77,25 @@ class TokenFile:
     sizes: np.ndarray                       # int64 tokens per segment
     first_item: int = 0                     # index of the first selected item (for error messages)
     indexed: bool = False                   # segments are items of an indexed dataset
+    stride: int | None = None               # window stride (default T: every position is a target once)
     dropped: int = field(default=0, init=False)
 
     @property
     def n_tokens(self) -> int:
         return int(self.sizes.sum())
 
+    def per_segment(self, T: int) -> np.ndarray:
+        """Windows of T+1 tokens in each segment (stride ``self.stride`` or T)."""
+        S = self.stride or T
+        return np.maximum((self.sizes - (T + 1)) // S + 1, 0)
+
     def n_windows(self, T: int) -> int:
-        return int(np.maximum((self.sizes - 1) // T, 0).sum())
+        return int(self.per_segment(T).sum())
 
     def window_starts(self, T: int, lo: int = 0, hi: int | None = None) -> Iterator[np.ndarray]:
         """Token offsets of windows ``lo..hi-1`` (in file order), a segment at a time."""
-        per = np.maximum((self.sizes - 1) // T, 0)
+        per = self.per_segment(T)
+        S = self.stride or T
         ends = np.cumsum(per)
         hi = int(ends[-1]) if hi is None else hi
         first = int(np.searchsorted(ends, lo, side="right"))
@@ -98,13 +105,13 @@ class TokenFile:
                 break
             a, b = max(lo - done, 0), min(int(per[s]), hi - done)
             if b > a:
-                yield self.starts[s] + np.arange(a, b, dtype=np.int64) * T
+                yield self.starts[s] + np.arange(a, b, dtype=np.int64) * S
             done += int(per[s])
 
     def dropped_tokens(self, T: int) -> int:
-        """Tokens in tails shorter than T+1 that no window covers (positions are counted once per segment)."""
-        per = np.maximum((self.sizes - 1) // T, 0)
-        return int((self.sizes - np.where(per > 0, per * T + 1, 0)).sum())
+        """Tokens at segment ends that no window covers (a tail shorter than T+1)."""
+        per, S = self.per_segment(T), self.stride or T
+        return int((self.sizes - np.where(per > 0, (per - 1) * S + T + 1, 0)).sum())
 
     def gather(self, starts: np.ndarray, T: int, vocab_size: int) -> np.ndarray:
         """Windows ``[n, T+1]`` as int64; a token id outside ``[0, vocab_size)`` is a one-line error naming where."""

@@ -49,14 +49,19 @@ def add_corpus_args(p: argparse.ArgumentParser, *, required: bool = True, seq_le
 def corpus_from_args(args, stream: bool = False):
     """The corpus the flags name: in-memory windows, or (``stream=True`` and a token file) a memory-mapped stream."""
     from ..corpus import load_corpus
-    from ..streams import is_token_file, open_stream
+    from ..errors import require
+    from ..streams import is_token_file, open_stream, open_text_stream
 
     if stream and is_token_file(args.corpus) and not str(args.corpus).endswith(".npy"):
         return open_stream(args.corpus, seq_len=args.seq_len, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
                            token_dtype=args.token_dtype, items=args.items, pythia_steps=args.pythia_steps)
-    from ..errors import require
     require(args.items is None and args.pythia_steps is None,
             "--items and --pythia-steps select items of an indexed dataset (PREFIX.idx + PREFIX.bin); give one as --corpus")
+    if stream and args.pack == "join" and not str(args.corpus).endswith(".npy"):  # text, with bounded memory
+        return open_text_stream(args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                                text_column=args.text_column, split=args.split, max_docs=args.max_docs,
+                                word_vocab_size=args.word_vocab_size, word_min_count=args.word_min_count,
+                                encoding=args.encoding)
     return load_corpus(args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                        pack=args.pack, text_column=args.text_column, split=args.split, max_docs=args.max_docs,
                        word_vocab_size=args.word_vocab_size, word_min_count=args.word_min_count, encoding=args.encoding)
