@@ -14,7 +14,7 @@ MODULES = sorted(p for p in PKG.rglob("*.py"))
 STAGES = [
     {"errors", "_version", "io"},
     {"theory"},
-    {"tokenization", "data"},
+    {"tokenization", "data", "documents"},
     {"corpus", "tokenfiles", "streams"},
     {"basis"},
     {"toy"},

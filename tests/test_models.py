@@ -7,6 +7,7 @@ Uses a randomly initialised Pythia-architecture model saved locally (fixture
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,7 +243,10 @@ def test_hook_edit_equals_weight_edit_and_backends_agree(adapter, tiny_pythia_di
         assert via_bridge == pytest.approx(via_weights, abs=2e-5)
     a = analyze_model(hooked, basis, circuits=False, progress=False)
     b = analyze_model(bridge, basis, circuits=False, progress=False)
-    assert (a.value - b.value).abs().max() < 1e-4
+    sims = a.measure.isin(["cov_cosine", "cka"])            # bounded similarities: absolute agreement
+    assert (a.value[sims] - b.value[sims]).abs().max() < 1e-4
+    # projections and residuals carry the matrices' own scale (coef up to ~1e7 here): relative agreement
+    np.testing.assert_allclose(a.value[~sims], b.value[~sims], rtol=1e-3, atol=1e-6)
 
 
 def test_cli_analyze_and_sweep(tiny_pythia_dir, pythia_basis, tmp_path, capsys):

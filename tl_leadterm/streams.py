@@ -119,7 +119,8 @@ def open_text_stream(source, *, seq_len: int, tokenizer=None, vocab_size: int | 
     tokenizer's vocabulary is counted in a first streaming pass.  Same windows, so same basis and fingerprint."""
     import tempfile
 
-    from .corpus import MAX_VOCAB, _check_int, iter_documents
+    from .corpus import MAX_VOCAB, _check_int
+    from .documents import iter_documents
     from .tokenization import WordTokenizer, build_word_tokenizer, resolve_tokenizer
 
     _check_int("seq_len", seq_len, 2)
