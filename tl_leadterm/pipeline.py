@@ -216,7 +216,7 @@ def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes
             f = head_fit(ad, basis, l, h, "circuit_ov")
             if f.singular:
                 views.append(("Beyond the leading term: trained GPT-NeoX", visual.residual_view(
-                    f, strs, f"{what} OV head L{l}H{h} (explained {f.explained:.2f}): residual directions")))
+                    f, strs, f"{what} OV head L{l}H{h} (explained {f.explained:.2g}): residual directions")))
         assoc = visual.associations(basis, list(cfg.tokens), model=ad, top=8)
         write_text_atomic(out / "neox_associations.csv", assoc.to_csv(index=False))
         views += [("Association explorer: trained GPT-NeoX", visual.association_view(assoc, tok))

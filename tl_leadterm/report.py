@@ -61,9 +61,11 @@ class Report:
     parts: list[str] = field(default_factory=list)
     sections: list[tuple[str, str]] = field(default_factory=list)
     n_views: int = 0
+    n_headings: int = 0
 
     def heading(self, text: str, level: int = 2) -> "Report":
-        anchor = f"s{len(self.sections)}"
+        anchor = f"s{self.n_headings}"   # unique per heading, whatever its level
+        self.n_headings += 1
         if level == 2:
             self.sections.append((anchor, text))
         self.parts.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
