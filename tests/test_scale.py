@@ -111,11 +111,11 @@ def test_shards_merged_equal_one_process(files, tmp_path):
     common = ["--corpus", d / "data.idx", "--seq-len", T, "--vocab-size", V, "--token-ids", ids, "--mode", "merge-other"]
     assert run(["basis", *common, "--out", tmp_path / "one.safetensors"])[0] == 0
     for i in range(3):
-        assert run(["basis", *common, "--shard", f"{i}/3", "--out", tmp_path / f"s1_{i}.safetensors"])[0] == 0
+        assert run(["basis", *common, "--shard", f"{i}/3", "--stats-out", tmp_path / f"s1_{i}.safetensors"])[0] == 0
     assert run(["merge", "--stats", *[tmp_path / f"s1_{i}.safetensors" for i in range(3)], "--out", tmp_path / "g.safetensors"])[0] == 0
     for i in range(3):
         assert run(["basis", *common, "--shard", f"{i}/3", "--pass2", tmp_path / "g.safetensors",
-                    "--out", tmp_path / f"s2_{i}.safetensors"])[0] == 0
+                    "--stats-out", tmp_path / f"s2_{i}.safetensors"])[0] == 0
     rc, err = run(["merge", "--pass2", tmp_path / "g.safetensors", "--stats", *[tmp_path / f"s2_{i}.safetensors" for i in (2, 0, 1)],
                    "--out", tmp_path / "merged.safetensors"])
     assert rc == 0, err
@@ -130,7 +130,7 @@ def test_shards_merged_equal_one_process(files, tmp_path):
         rc, err = run(argv)
         assert rc == 2 and frag in err and err.count("\n") == 1, err
     other = ["--corpus", d / "raw.bin", "--seq-len", T, "--vocab-size", V, "--token-ids", ids, "--mode", "merge-other"]
-    assert run(["basis", *other, "--shard", "1/3", "--out", tmp_path / "o1.safetensors"])[0] == 0
+    assert run(["basis", *other, "--shard", "1/3", "--stats-out", tmp_path / "o1.safetensors"])[0] == 0
     rc, err = run(["merge", "--stats", s1[0], tmp_path / "o1.safetensors", s1[2], "--out", tmp_path / "x.safetensors"])
     assert rc == 2 and "different corpora" in err
     assert not (tmp_path / "x.safetensors").exists()
@@ -219,7 +219,7 @@ def test_token_file_bad_inputs(files, tmp_path):
 def test_malformed_shard_is_one_line(files, tmp_path, shard, frag):
     d, _, _ = files
     rc, err = run(["basis", "--corpus", d / "data.idx", "--seq-len", T, "--vocab-size", V, "--token-ids",
-                   tmp_path / "none.json", "--mode", "exact", "--shard", shard, "--out", tmp_path / "s.safetensors"])
+                   tmp_path / "none.json", "--mode", "exact", "--shard", shard, "--stats-out", tmp_path / "s.safetensors"])
     assert rc == 2 and err.count("\n") == 1
 
 

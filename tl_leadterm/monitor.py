@@ -198,8 +198,8 @@ class TrainingMonitor:
                  lr: float | None = None, tensorboard: str | os.PathLike | None = None, append: bool = False,
                  max_tokens: int | None = 256, keep_records: bool = True):
         require(isinstance(basis, Basis), f"the monitor needs a tl_leadterm Basis, got {type(basis).__name__}; load one with Basis.load")
-        require(isinstance(every, int) and every >= 1, f"every (--log-every) must be a positive integer, got {every!r}")
-        require(lr is None or (lr > 0 and math.isfinite(lr)), f"lr must be a positive number, got {lr!r}")
+        require(isinstance(every, int) and every >= 1, f"{{every}} must be a positive integer, got {every!r}")
+        require(lr is None or (lr > 0 and math.isfinite(lr)), f"{{lr}} must be a positive number, got {lr!r}")
         self.every, self.lr = every, lr
         ad = adapt(model, fold=False)  # never converts the model being trained
         check_compatible(ad, basis)

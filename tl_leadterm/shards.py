@@ -2,11 +2,11 @@
 
 Pass 2 needs Ḡ of the whole corpus, so a sharded basis takes two rounds:
 
-1. every shard ``I/N`` computes its pass-1 statistics (``basis ... --shard I/N --stats-out s1_I``);
+1. every shard ``I/N`` computes its pass-1 statistics (``basis ... --shard I/N --stats-out s1_I.safetensors``);
    ``merge --stats s1_* --out g.safetensors`` adds them and computes the compositions once,
    writing what pass 2 needs (the centred Ḡ, the k x k blocks, a checksum);
 2. every shard computes its pass-2 sums with that file (``basis ... --shard I/N --pass2 g.safetensors
-   --stats-out s2_I``); ``merge --pass2 g.safetensors --stats s2_* --out basis.safetensors`` adds
+   --stats-out s2_I.safetensors``); ``merge --pass2 g.safetensors --stats s2_* --out basis.safetensors`` adds
    them and writes the basis.
 
 Every shard file records its spec (tokens, |V|, T, mode), the corpus (source, total windows) and

@@ -27,20 +27,20 @@ def register(sub) -> None:
                         "else merge-other with a warning")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="accumulation and output precision (default float64)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors",
-                   help="output basis file (written atomically); with --shard, the shard's statistics file")
+    p.add_argument("--out", default=None, metavar="FILE.safetensors", help="output basis file (written atomically)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="compute only shard I of N (0-based; contiguous blocks of windows) for a run without torchrun; "
-                        "round 1 writes pass-1 statistics to --out, round 2 (with --pass2) pass-2 sums; see 'merge'")
+                        "round 1 writes pass-1 statistics to --stats-out, round 2 (with --pass2) pass-2 sums; see 'merge'")
+    p.add_argument("--stats-out", default=None, metavar="FILE.safetensors", help="with --shard: the shard's statistics file")
     p.add_argument("--pass2", default=None, metavar="FILE",
                    help="round 2 of a sharded run: the file 'merge' wrote from every shard's round-1 statistics")
     p.set_defaults(func=run_basis)
 
     m = sub.add_parser("merge", help="merge shard statistics ('basis --shard I/N') in two rounds",
                        description="Pass 2 needs Ḡ of the whole corpus, so a sharded basis takes two rounds. Round 1: run "
-                                   "'basis ... --shard I/N --out s1_I.safetensors' for I = 0..N-1, then "
+                                   "'basis ... --shard I/N --stats-out s1_I.safetensors' for I = 0..N-1, then "
                                    "'merge --stats s1_*.safetensors --out g.safetensors'. Round 2: run "
-                                   "'basis ... --shard I/N --pass2 g.safetensors --out s2_I.safetensors' for every I, then "
+                                   "'basis ... --shard I/N --pass2 g.safetensors --stats-out s2_I.safetensors' for every I, then "
                                    "'merge --pass2 g.safetensors --stats s2_*.safetensors --out basis.safetensors'. Every shard "
                                    "needs the same --corpus, --seq-len, --token-ids and --mode (exact or merge-other). Under "
                                    "torchrun none of this is needed: 'torchrun --nproc_per_node N --no-python tl-leadterm basis ...'.")
@@ -73,8 +73,11 @@ def run_basis(args) -> int:
     from ..basis import compute_basis
     from ..distributed import world
 
-    out = Path(args.out)
-    require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
+    require((args.shard is None) == (args.stats_out is None),
+            "--shard I/N writes its statistics to --stats-out FILE (give both, or neither)")
+    require((args.out is None) != (args.stats_out is None), "give --out FILE.safetensors (or, with --shard, --stats-out FILE)")
+    out = Path(args.out or args.stats_out)
+    require(out.suffix == ".safetensors", f"{'--out' if args.out else '--stats-out'} {out} should end in .safetensors")
     check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
     refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer, args.pass2])
     dtype, device = dtype_arg(args.dtype), device_arg(args.device)
