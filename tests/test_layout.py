@@ -92,3 +92,24 @@ def test_no_import_fallbacks_for_the_package_itself():
         text = p.read_text(encoding="utf-8")
         for m in re.finditer(r"try:\s*\n\s*from \.+[\w.]* import[^\n]*\n\s*except (ImportError|ModuleNotFoundError)", text):
             pytest.fail(f"{p.relative_to(PKG)} guards an import of its own package: {m.group(0)!r}")
+
+
+def test_every_parameter_named_in_a_message_is_registered():
+    """Messages name parameters as {param}; the CLI turns the registered ones into flags (errors.PARAMS)."""
+    from tl_leadterm.errors import PARAMS
+    named = set()
+    for p in MODULES:
+        for line in p.read_text(encoding="utf-8").splitlines():
+            named |= set(re.findall(r"\{\{([a-z][a-z0-9_]*)\}\}", line))             # markers in f-strings
+            if "require(" in line or "LeadTermError(" in line:                      # markers in plain strings
+                for lit in re.findall(r'(?<![A-Za-z_])"([^"]*)"', line):
+                    named |= set(re.findall(r"\{([a-z][a-z0-9_]*)\}", lit)) if "{{" not in lit else set()
+    named -= {"name", "what"}                       # _check_int and parse_range pass the parameter's name in
+    assert named <= PARAMS, sorted(named - PARAMS)
+
+
+def test_braces_that_are_not_parameters_are_kept():
+    from tl_leadterm import LeadTermError
+    e = LeadTermError("token file /data/{run}/x  y.bin not found; pass {vocab_size}")
+    assert str(e) == "token file /data/{run}/x  y.bin not found; pass vocab_size"
+    assert e.render({"vocab_size": "--vocab-size"}).endswith("pass --vocab-size")

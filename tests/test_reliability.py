@@ -304,3 +304,27 @@ def test_stale_temporary_files_of_dead_processes_are_removed(ws, tmp_path):
     assert run(["toy-train", "--corpus", ws / "c.txt", "--seq-len", 8, "--layers", 1, "--lr", 0.5, "--steps", 1,
                 "--full-batch", "--seed", 0, "--out", tmp_path / "t"])[0] == 0
     assert not stale.exists() and not stage.exists()
+
+
+def test_a_commit_that_fails_midway_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """If moving the new files in fails halfway, the old files come back: the folder is exactly as it was."""
+    from tl_leadterm import io as tio
+    out = tmp_path / "res"
+    out.mkdir()
+    for name in ("analysis.csv", "analysis.json", "head_ranking.csv"):
+        (out / name).write_text(f"old {name}")
+    before = snapshot(out)
+    real = os.replace
+
+    def flaky(src, dst):
+        if Path(dst).name == "head_ranking.csv" and ".staging" in str(src):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(tio.os, "replace", flaky)
+    with pytest.raises(LeadTermError, match="nothing was changed"):
+        with tio.staged_dir(out, tio.OWNS["sweep"]) as stage:
+            for name in ("analysis.csv", "analysis.json", "head_ranking.csv"):
+                (stage / name).write_text(f"new {name}")
+    monkeypatch.undo()
+    assert snapshot(out) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".res.")]

@@ -201,7 +201,7 @@ def test_token_file_bad_inputs(files, tmp_path):
         (d / "data.idx", {"items": "5:400"}, "has 40 items"),
         (d / "data.idx", {"items": "9:3"}, "0 <= A < B"),
         (d / "data.idx", {"items": "x"}, "must be A:B"),
-        (d / "data.idx", {"pythia_steps": "0:1"}, "Pythia steps"),
+        (d / "data.idx", {"pythia_steps": "0:1"}, "not one whole Pythia step"),
         (d / "raw.bin", {"items": "0:2"}, "does not exist"),
         (b / "big.idx", {}, "item 1, offset 3"),
     ]
@@ -243,7 +243,7 @@ def test_sweep_under_torchrun_equals_one_process(tmp_path):
         assert run(["toy-train", "--corpus", txt, "--seq-len", 8, "--layers", 1, "--lr", 0.5, "--steps", steps,
                     "--full-batch", "--seed", 0, "--out", tmp_path / f"t{i}"])[0] == 0
     assert run(["basis", "--corpus", txt, "--seq-len", 8, "--top-k", 10, "--out", tmp_path / "b.safetensors"])[0] == 0
-    ckpts = ",".join(f"toy:{tmp_path / f't{i}'}" for i in range(3))
+    ckpts = ",".join(f"toy:{tmp_path / f't{i}'}" for i in (0, 1, 2, 0))   # a checkpoint listed twice stays twice
     assert run(["sweep", "--checkpoints", ckpts, "--basis", tmp_path / "b.safetensors", "--out", tmp_path / "one"])[0] == 0
     r = _torchrun(["sweep", "--checkpoints", ckpts, "--basis", tmp_path / "b.safetensors", "--out", tmp_path / "two"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -269,3 +269,10 @@ def test_text_streamed_through_a_token_file_equals_load_corpus(tmp_path):
     import gc
     gc.collect()
     assert not tmpdir.exists()
+
+
+def test_stream_chunks_never_exceed_chunk_windows(files):
+    d, items, _ = files
+    s = open_stream(d / "data.idx", seq_len=T, vocab_size=V, chunk_windows=4)
+    sizes = [w.n_windows for w in s]
+    assert max(sizes) == 4 and sum(sizes) == s.n_windows and all(n == 4 for n in sizes[:-1])

@@ -56,8 +56,8 @@ def process_group(device=None):
                             "start every rank with torchrun") from None
     try:
         yield rank, size, dev
-    except (RuntimeError, ValueError) as e:
-        if isinstance(e, LeadTermError):
+    except RuntimeError as e:
+        if not _is_lost_rank(e):
             raise
         raise LeadTermError(f"rank {rank}: lost the other ranks ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); "
                             "a rank failed or was killed, and nothing was written") from None
@@ -133,6 +133,16 @@ def compute_basis_distributed(windows, *, top_k: int | None = None, token_ids=No
                     corpus_fingerprint=fingerprint, corpus_source=source)
 
 
+def _is_lost_rank(e: BaseException) -> bool:
+    """An error of the collective itself (a peer gone, a timeout), not of this rank's own work."""
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistBackendError", None), getattr(dist, "DistNetworkError", None)) if k)
+    text = str(e).lower()
+    return isinstance(e, kinds) or any(w in text for w in ("connection closed", "connection reset", "timed out", "gloo",
+                                                             "broken pipe", "peer"))
+
+
 def _corpus_identity(windows) -> tuple:
     """Tokenizer, fingerprint (as :attr:`Windows.fingerprint` of all windows) and source, on rank 0."""
     import hashlib
@@ -158,7 +168,7 @@ def gather_frames(frame):
     return out if dist.get_rank() == 0 else None
 
 
-def sweep_distributed(model, checkpoints, basis, **kwargs):
+def sweep_distributed(model, checkpoints, basis, *, labels=None, **kwargs):
     """:func:`tl_leadterm.analysis.sweep` with the checkpoints spread over the ranks (round robin); the one
     table, in checkpoint order, on rank 0 (None on the others).  Must run inside :func:`process_group`."""
     import pandas as pd
@@ -169,13 +179,16 @@ def sweep_distributed(model, checkpoints, basis, **kwargs):
     ckpts = parse_checkpoints(checkpoints)
     rank, size = dist.get_rank(), dist.get_world_size()
     mine = list(range(rank, len(ckpts), size))
-    frame = sweep(model, [ckpts[i] for i in mine], basis, progress=False, **kwargs) if mine else None
-    frames = gather_frames((mine, frame))
+    # label rows by the checkpoint's position, so that a checkpoint listed twice stays two analyses
+    frame = (sweep(model, [ckpts[i] for i in mine], basis, progress=False, labels=[f"#{i}" for i in mine], **kwargs)
+             if mine else None)
+    frames = gather_frames(frame)
     if frames is None:
         return None
-    parts = {i: None for i in range(len(ckpts))}
-    for idx, df in frames:
+    parts = {}
+    for df in frames:
         if df is not None:
-            for i in idx:
-                parts[i] = df[df["checkpoint"] == ckpts[i]]
+            for label, part in df.groupby("checkpoint", sort=False):
+                i = int(label[1:])
+                parts[i] = part.assign(checkpoint=labels[i] if labels is not None else ckpts[i])
     return pd.concat([parts[i] for i in range(len(ckpts))], ignore_index=True)

@@ -17,21 +17,26 @@ import re
 from typing import Callable, Mapping
 
 _PARAM = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+#: the library parameters messages may name as ``{param}``; anything else in braces (a path, a value) is left alone
+PARAMS = frozenset({
+    "batch_size", "device", "dtype", "encoding", "every", "items", "labels", "layers", "lr", "max_docs", "mode", "model",
+    "n_singular", "neox_steps", "no_pythia", "pack", "pythia_steps", "pythia_tokenizer", "seed", "seq_len", "shard",
+    "source", "steps", "text", "text_column", "token_dtype", "token_ids", "tokenizer", "tokens", "top", "top_k",
+    "vocab_size", "word_min_count", "word_vocab_size",
+})
 
 
 class LeadTermError(ValueError):
     """A clear, one-line, user-fixable error."""
 
     def __init__(self, message: str):
-        self.template = " ".join(str(message).split())
+        self.template = re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip()   # one line; other spacing kept
         super().__init__(self.render())
 
     def render(self, names: Mapping[str, str] | Callable[[str], str] | None = None) -> str:
-        """The message with each ``{param}`` written as ``names[param]`` (default: the parameter itself)."""
-        if names is None:
-            return _PARAM.sub(lambda m: m.group(1), self.template)
-        look = names if callable(names) else (lambda p: names.get(p, p))
-        return _PARAM.sub(lambda m: look(m.group(1)), self.template)
+        """The message with each ``{param}`` (:data:`PARAMS`) written as ``names[param]`` (default: the parameter)."""
+        look = (lambda p: p) if names is None else names if callable(names) else (lambda p: names.get(p, p))
+        return _PARAM.sub(lambda m: look(m.group(1)) if m.group(1) in PARAMS else m.group(0), self.template)
 
 
 def require(condition: bool, message: str) -> None:

@@ -179,16 +179,36 @@ def _commit(stage: Path, out: Path, owns: frozenset) -> None:
         out.mkdir(parents=True, exist_ok=True)
         trash = _tmp_name(out, "old")
         trash.mkdir()
-        try:
-            for name in sorted(owns):
-                if (out / name).exists() or (out / name).is_symlink():
-                    os.replace(out / name, trash / name)
-            for name in sorted(new):
-                os.replace(stage / name, out / name)
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
     except OSError as e:
         raise _oserror(e, out) from None
+    old_moved: list[str] = []
+    new_moved: list[str] = []
+    try:
+        for name in sorted(owns):
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, trash / name)
+                old_moved.append(name)
+        for name in sorted(new):
+            os.replace(stage / name, out / name)
+            new_moved.append(name)
+    except OSError as e:   # put everything back: the folder must be exactly as it was
+        for name in reversed(new_moved):
+            try:
+                os.replace(out / name, stage / name)
+            except OSError:
+                pass
+        lost = []
+        for name in reversed(old_moved):
+            try:
+                os.replace(trash / name, out / name)
+            except OSError:
+                lost.append(name)
+        if not lost:
+            shutil.rmtree(trash, ignore_errors=True)
+        raise LeadTermError(f"cannot write {out} ({e.strerror or type(e).__name__}); nothing was changed"
+                            + (f", except that {', '.join(lost)} could not be moved back from {trash}" if lost else "")
+                            + "; choose a writable output path") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

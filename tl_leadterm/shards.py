@@ -88,7 +88,8 @@ def shard_pass2(stream, pass2_input: str | os.PathLike, shard: tuple[int, int], 
     return Path(out)
 
 
-def _load_shards(files, rnd: int) -> list[tuple[dict, dict]]:
+def _load_shards(files, rnd: int) -> list[tuple[dict, dict, str]]:
+    """``(tensors, metadata, file)`` of every shard, in shard order (whatever the order given)."""
     require(len(files) >= 1, "no shard files given; list every shard's --stats-out file")
     loaded = []
     for f in files:
@@ -116,17 +117,17 @@ def _load_shards(files, rnd: int) -> list[tuple[dict, dict]]:
     missing = [i for i in range(n) if i not in seen]
     if missing:
         raise LeadTermError(f"shard {missing[0]}/{n} is missing ({len(missing)} of {n} missing); give every shard's file")
-    return [loaded[files.index(seen[i])] for i in range(n)]
+    return [(*loaded[files.index(seen[i])], seen[i]) for i in range(n)]
 
 
 def merge_pass1(files: list, out: str | os.PathLike) -> Path:
     """Round 1's merge: add the pass-1 statistics and write what pass 2 needs (module docstring)."""
     shards = _load_shards([str(f) for f in files], 1)
-    t0, m0 = shards[0]
+    t0, m0, _ = shards[0]
     spec = BasisSpec(int(m0["vocab_size"]), t0["token_ids"], m0["mode"])
     T = int(m0["seq_len"])
     stats = None
-    for t, m in shards:
+    for t, m, _ in shards:
         s = FirstPassStats(spec, T, t["counts"], t["context"], int(m["n"]))
         stats = s if stats is None else stats + s
     comp = compositions(stats, consume=True)
@@ -134,7 +135,7 @@ def merge_pass1(files: list, out: str | os.PathLike) -> Path:
     tensors.update({"centred_value_output": comp.centred_value_output, "token_ids": spec.token_ids})
     meta = {k: m0[k] for k in ("vocab_size", "seq_len", "mode", "corpus_source", "corpus_windows", "tokenizer")}
     meta.update({"format": PASS2_FORMAT, "n": str(comp.n), "checksum": json.dumps(list(comp.checksum)),
-                 "shards": str(len(shards)), "digests": json.dumps([m["digest"] for _, m in shards])})
+                 "shards": str(len(shards)), "digests": json.dumps([m["digest"] for _, m, _ in shards])})
     save_safetensors_atomic(out, tensors, meta)
     return Path(out)
 
@@ -153,10 +154,10 @@ def merge_pass2(pass2_input, files: list) -> Basis:
     """Round 2's merge: add the pass-2 sums and assemble the basis (module docstring)."""
     comp, meta = load_pass2_input(pass2_input)
     shards = _load_shards([str(f) for f in files], 2)
-    require(all(m["corpus_source"] == meta["corpus_source"] and m["corpus_windows"] == meta["corpus_windows"] for _, m in shards),
+    require(all(m["corpus_source"] == meta["corpus_source"] and m["corpus_windows"] == meta["corpus_windows"] for _, m, _ in shards),
             f"the round-2 shards come from another corpus than {pass2_input}; run round 2 on the corpus of round 1")
     s2 = None
-    for (t, m), f in zip(shards, files):
+    for t, m, f in shards:
         require(tuple(json.loads(m["checksum"])) == comp.checksum, f"{f} was made with another pass-2 input than {pass2_input}; "
                                                                    "run round 2 of every shard with the same --pass2 file")
         s = SecondPassStats(comp.spec, comp.seq_len, t["key_query"], t["position"], int(m["n"]), comp.checksum)

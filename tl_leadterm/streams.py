@@ -57,11 +57,13 @@ class WindowStream:
     def __iter__(self) -> Iterator[Windows]:
         T, buf, count = self.seq_len, [], 0
         for starts in self.file.window_starts(T, self.lo, self.hi):
-            for i in range(0, len(starts), self.chunk_windows):
-                part = starts[i:i + self.chunk_windows]
+            i = 0
+            while i < len(starts):
+                part = starts[i:i + self.chunk_windows - count]   # never more than chunk_windows per chunk
                 buf.append(part)
                 count += len(part)
-                if count >= self.chunk_windows:
+                i += len(part)
+                if count == self.chunk_windows:
                     yield self._chunk(np.concatenate(buf))
                     buf, count = [], 0
         if buf:

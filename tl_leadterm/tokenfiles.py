@@ -7,7 +7,7 @@
   (step ``s`` = items ``s·1024 … s·1024+1023``, each 2049 tokens).
 
 Each segment is cut into windows of ``T+1`` tokens with stride ``T`` (every position is a target
-once); a tail shorter than ``T+1`` is dropped and counted (:attr:`TokenFile.dropped`).
+once); a tail shorter than ``T+1`` is dropped and counted (:meth:`TokenFile.dropped_tokens`).
 
 ``.idx`` layout (little endian): magic ``b"MMIDIDX\\x00\\x00"``, version ``<Q`` (1), dtype code ``<B``
 (1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float32, 7 float64, 8 uint16), number of items
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -78,7 +78,6 @@ class TokenFile:
     first_item: int = 0                     # index of the first selected item (for error messages)
     indexed: bool = False                   # segments are items of an indexed dataset
     stride: int | None = None               # window stride (default T: every position is a target once)
-    dropped: int = field(default=0, init=False)
 
     @property
     def n_tokens(self) -> int:
@@ -180,7 +179,8 @@ def _open_indexed(prefix: Path, items: tuple[int, int] | None, what: str) -> Tok
                     "give the .idx written with this .bin")
     a, b = items if items is not None else (0, n)
     require(b <= n, f"{{{what}}} selects items up to {b - 1} but {idx} has {n} items (0..{n - 1})"
-            + (f", i.e. Pythia steps 0..{n // PYTHIA_BATCH - 1}" if what == "pythia_steps" else ""))
+            + ((f", i.e. Pythia steps 0..{n // PYTHIA_BATCH - 1}" if n >= PYTHIA_BATCH else ", not one whole Pythia step")
+               if what == "pythia_steps" else ""))
     tokens = np.memmap(binp, dtype=dt, mode="r") if bin_size else np.zeros(0, dt)
     starts = np.asarray(pointers[a:b], dtype=np.int64) // dt.itemsize
     return TokenFile(binp, tokens, starts, np.asarray(sizes[a:b], dtype=np.int64), first_item=a, indexed=True)
