@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import require
 from .factored import Factored
-from .measures import NAN, ratio
+from .measures import ratio
 
 DENSE_BELOW = 256   # k up to this: dense SVD of the residual (exact); above it, the block power method
 
@@ -175,10 +175,6 @@ def _top_singular(A, Bc, c, atoms: Atoms, n: int, block_rows, iters: int, dense_
     Ub, S, Vh = torch.linalg.svd(rmv(Q).T, full_matrices=False)   # Qᵀ Δ = Ub S Vh
     U = Q @ Ub
     return [(float(S[i]), U[:, i], Vh[i]) for i in range(n)]
-
-
-def nan_fit(atoms: Atoms) -> ResidualFit:
-    return ResidualFit({name: NAN for name in atoms.names}, NAN, NAN, NAN, NAN)
 
 
 # ---------------------------------------------------------------------------
