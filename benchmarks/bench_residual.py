@@ -4,9 +4,9 @@ the dense per-head computation on a subset of heads: time ratio and agreement, m
     nice python benchmarks/bench_residual.py                   # Pythia-160m shape: 12 layers x 12 heads, d_model 768, k=4096
     python benchmarks/bench_residual.py --k 50304 --layers 24 --heads 16 --d-model 2048 --device cuda
 
-Ours: :func:`tl_leadterm.analysis.heads.head_residual_rows` (per head and site: coefficient modulo row
+Ours: :func:`tl_leadterm.analysis.analyze_model` with the nulls off (per head and site: coefficient modulo row
 offsets, explained fraction, exact residual norm and top pairs from blocks of rows, top singular
-directions by the block power method), for the sites key_query, circuit_qk, circuit_ov and
+directions by block Krylov), for the sites key_query, circuit_qk, circuit_ov and
 circuit_ov_embed, every head and the head averages of every layer.  Dense: for ``--dense-heads``
 heads, the k x k matrix formed, rows centred, least squares on the centred target, the residual
 formed, its entries sorted and its full SVD.  The model is a randomly initialised GPT-NeoX of the
@@ -22,10 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from tl_leadterm import compute_basis, load_corpus
-from tl_leadterm.analysis.heads import HEAD_SITES, AtomCache, head_factors, head_residual_rows
+from tl_leadterm.analysis import analyze_model
+from tl_leadterm.analysis.geometry import Geometry
+from tl_leadterm.analysis.heads import HEAD_SITES, head_factors
 from tl_leadterm.models import load_model, save_random_pythia
 from tl_leadterm.theory import SITES
 
@@ -72,32 +75,28 @@ def main() -> None:
         ids = basis.token_ids.to(dev)
         E = ad.W_E.detach().to(dev, dt)[ids]
         U = ad.W_U.detach().to(dev, dt)[:, ids]
-        reps = ad.token_representations(basis.token_ids)["attn_in"]
-        atoms = AtomCache(basis, dev)
-        for s in HEAD_SITES:
-            atoms.get(SITES[s].target)
-        strs = basis.token_strs()
+        geom = Geometry(ad, basis, dev)
         sync()
         t = time.perf_counter()
-        rows = []
-        for l in range(ad.n_layers):
-            rows += head_residual_rows(ad, basis, l, reps[l].to(dev, dt), E, U, atoms, "", strs)
+        df = analyze_model(ad, basis, "", progress=False, null_draws=0, model_targets=False, sites=",".join(HEAD_SITES))
+        rows = df[df["head"].notna() | df["measure"].isin(["residual_pair", "residual_sv"])].to_dict(orient="records")
         sync()
         t_ours = time.perf_counter() - t
         n_fits = len(HEAD_SITES) * ad.n_layers * (ad.n_heads + 1)
-        print(f"ours: {t_ours:.1f}s for {len(HEAD_SITES)} sites x {ad.n_layers} layers x ({ad.n_heads} heads + average) "
-              f"= {n_fits} fits, {t_ours / n_fits * 1e3:.0f} ms per fit")
+        print(f"ours (analyze_model, residual fits and similarities): {t_ours:.1f}s for {len(HEAD_SITES)} sites x "
+              f"{ad.n_layers} layers x ({ad.n_heads} heads + average) = {n_fits} fits, {t_ours / n_fits * 1e3:.0f} ms per fit")
         # dense on a subset
+        own = {s: SITES[s].target for s in HEAD_SITES}
         got = {(r["site"], int(r["layer"]), r["head"], r["measure"]): r["value"] for r in rows
-               if r["measure"] in ("coef", "explained", "residual_norm")}
+               if r["measure"] in ("coef", "explained", "residual_norm") and r["head"] is not None
+               and r["target"] in ("", own.get(r["site"]), own.get(r["site"], "") + "")}
         pairs = {}
         for r in rows:
-            if r["measure"] in ("residual_pair", "residual_sv"):
+            if r["measure"] in ("residual_pair", "residual_sv") and r["head"] is not pd.NA and r["layer"] is not pd.NA:
                 pairs.setdefault((r["site"], int(r["layer"]), r["head"], r["measure"]), []).append(r["value"])
         worst, t_dense, n_dense = 0.0, 0.0, 0
-        A0 = reps[0].to(dev, torch.float64)
         for site in HEAD_SITES:
-            left, right = head_factors(ad, 0, site, A0, E.double(), U.double())
+            left, right = head_factors(ad, 0, site, geom)
             T = getattr(basis, SITES[site].target).to(dev, torch.float64)
             for h in range(min(a.dense_heads, ad.n_heads)):
                 sync()
@@ -107,10 +106,10 @@ def main() -> None:
                 t_dense += time.perf_counter() - t
                 n_dense += 1
                 for m in ("coef", "explained", "residual_norm"):
-                    v = got[(site, 0, float(h), m)]
+                    v = got[(site, 0, h, m)]
                     worst = max(worst, abs(v - ref[m]) / max(abs(ref[m]), 1e-300))
                 for m, key in (("residual_pair", "pairs"), ("residual_sv", "sv")):
-                    for v, rv in zip(pairs[(site, 0, float(h), m)], ref[key]):
+                    for v, rv in zip(pairs[(site, 0, h, m)], ref[key]):
                         worst = max(worst, abs(v - rv) / max(abs(rv), 1e-300))
         per_dense = t_dense / n_dense
         print(f"dense: {per_dense:.2f}s per head ({n_dense} heads); ours {t_ours / n_fits:.3f}s per fit -> "

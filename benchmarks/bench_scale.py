@@ -57,9 +57,8 @@ def cli(args: list, procs: int = 1) -> tuple[float, float]:
 
 
 def floor_and_passes(path: Path, k: int, T: int) -> None:
-    from tl_leadterm.basis import BasisSpec, compositions, first_pass, second_pass
-    from tl_leadterm.basis.compute import top_k_of
-    from tl_leadterm.streams import open_stream
+    from tl_leadterm.basis import BasisSpec, compositions, first_pass, second_pass, top_k_of
+    from tl_leadterm.corpus import open_stream
 
     stream = open_stream(path, seq_len=T, vocab_size=50304, chunk_windows=4096)
     ids = top_k_of(stream.token_frequencies(), 50304, k)

@@ -87,51 +87,67 @@ print("relative error against the leading term:", float((V0 - lead).norm() / lea
 ]
 
 PYTHIA = [
-    new_markdown_cell("""# Analysing Pythia checkpoints
+    new_markdown_cell("""# Analysing Pythia checkpoints: three lenses and a chance level
 
-The paper compares Pythia's representations with the basis (THEORY.md §5): each basis token is run
-alone, its residual stream per layer is compared with M, and the key-query matrix `H W_Q W_Kᵀ Hᵀ`
-with Q̄, by the cosine of row-centred covariances.
+Pythia grows from random weights, so its weights W_t mix the random start with what it learned. This
+notebook reads every head three ways (`weights`, the `update` since step 0, and the loss `gradient` at
+step 0), fits each against the leading terms (and against the same terms read through the model's own
+geometry, `model:T`), and places every number among random heads read through the same embeddings and
+inputs (`percentile`). It ends with what the report states: which heads are above chance at which
+checkpoints, and per-layer retention.
 
-With network access this loads `EleutherAI/pythia-70m` at Pythia's training checkpoints
-(`revision="step1000"`, …). Offline (as in CI) it falls back to a local, randomly initialised
-Pythia-architecture model with the same tokenizer."""),
+With network access it loads `EleutherAI/pythia-70m` at Pythia's training checkpoints
+(`revision="step0"`, …). Offline (as in CI) it trains a small GPT-NeoX from random initialisation with
+`train_pythia` on the embedded corpus (checkpoints on Pythia's schedule) and analyses that trajectory.
+It runs from any folder: it needs nothing beside the installed package."""),
     new_code_cell(SETUP),
     new_code_cell('''import tempfile
-from tl_leadterm.models import load_model, save_random_pythia
+from tl_leadterm import load_corpus, compute_basis
+from tl_leadterm.models import load_model, train_pythia
 
-MODEL, REVISIONS = "EleutherAI/pythia-70m", ["step0", "step1000"] if SMALL else ["step0", "step64", "step512", "step1000", "step143000"]
+MODEL, REVISIONS = "EleutherAI/pythia-70m", ["step0", "step1", "step8", "step64", "step512", "step1000"]
 try:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise OSError("offline")
-    adapters = {rev: load_model(MODEL, revision=rev) for rev in REVISIONS}
+    corpus = str(TINYSTORIES) if TINYSTORIES else "builtin:stories"
+    windows = load_corpus(corpus, seq_len=32, tokenizer=MODEL, vocab_size=50304, max_docs=200 if SMALL else 2000)
+    model, checkpoints, labels = MODEL, REVISIONS, REVISIONS
     source = f"{MODEL} (hub)"
 except Exception as e:
-    print("hub not reachable (", type(e).__name__, ") -> local random Pythia-architecture model")
-    local = save_random_pythia(tempfile.mkdtemp(), PYTHIA_TOKENIZER, n_layers=2, d_model=64, n_heads=4)
-    adapters = {"random-init": load_model(str(local))}
-    source = "local random model"
-ad = next(iter(adapters.values()))
-print(source, ad)'''),
-    new_code_cell('''from tl_leadterm import load_corpus, compute_basis
-corpus = str(TINYSTORIES) if TINYSTORIES else "builtin:stories"
-windows = load_corpus(corpus, seq_len=32, tokenizer=str(PYTHIA_TOKENIZER), vocab_size=50304, max_docs=40 if SMALL else 2000)
-basis = compute_basis(windows, top_k=48 if SMALL else 512, mode="merge-other", progress=False)
-print(basis.k, "tokens:", basis.token_strs()[:20])'''),
+    print("hub not reachable (", type(e).__name__, ") -> a GPT-NeoX trained here from random init (a trajectory)")
+    windows = load_corpus("builtin:stories", seq_len=32)          # the word tokenizer: no file needed
+    ckpts = train_pythia(windows, tempfile.mkdtemp(), steps=8 if SMALL else 64, seed=0, progress=False)
+    model, checkpoints, labels = None, [str(ckpts[s]) for s in sorted(ckpts)], [f"step{s}" for s in sorted(ckpts)]
+    source = "local GPT-NeoX trajectory"
+basis = compute_basis(windows, top_k=min(windows.vocab_size, 512), progress=False)
+print(source, "| checkpoints:", labels, "| basis k =", basis.k)'''),
     new_code_cell('''import pandas as pd
-from tl_leadterm.analysis import analyze_model
-frames = [analyze_model(a, basis, checkpoint=rev, circuits=False, progress=False) for rev, a in adapters.items()]
-df = pd.concat(frames, ignore_index=True)
-df.head()'''),
-    new_code_cell('''sel = df[df["head"].isna() & (df["measure"] == "cov_cosine")]
-table = sel.pivot_table(index=["checkpoint", "layer"], columns="site", values="value")
-table.round(3)'''),
+from tl_leadterm.analysis import analyze_model, sweep
+draws = 50 if SMALL else 200
+quick = dict(n_singular=0, top=1) if SMALL else {}
+df = sweep(model, checkpoints, basis, labels=labels, lens="weights,update", reference="first", null_draws=draws,
+           progress=False, sites="circuit_ov,key_query" if SMALL else "circuit_ov,circuit_qk,key_query,resid_post", **quick)
+first = load_model(model, revision=checkpoints[0]) if model else load_model(checkpoints[0])
+sample = windows.tokens[:32 if SMALL else 256]
+grad = analyze_model(first, basis, labels[0], lens="gradient", gradient=sample, null_draws=draws, progress=False,
+                     sites="circuit_ov,key_query", n_singular=0, top=1)
+df = pd.concat([df, grad], ignore_index=True)
+df[df.measure == "signed_cosine"].head()'''),
+    new_markdown_cell("## What was found (the report's summary)"),
+    new_code_cell('''from tl_leadterm.analysis import summary, retention
+s = summary(df)
+for r in s.itertuples():
+    print(f"[{r.lens} / {r.site}] {r.sentence}")
+s.drop(columns=["sentence"])'''),
+    new_code_cell('''g = grad[(grad.measure == "explained") & grad["head"].isna() & (grad.site == "circuit_ov")]
+g.pivot_table(index="layer", columns="target", values="value").round(3)   # model:context.T vs value_output (Ḡ)'''),
+    new_code_cell('''retention(df)'''),
     new_code_cell('''import matplotlib.pyplot as plt
-kq = df[(df["site"] == "key_query") & (df["measure"] == "cov_cosine") & df["head"].notna()]
-for ck, g in kq.groupby("checkpoint"):
-    m = g.pivot_table(index="layer", columns="head", values="value")
-    plt.figure(figsize=(4, 2)); plt.imshow(m.values, vmin=0, vmax=1); plt.colorbar()
-    plt.title(f"{ck}: key-query cov-cosine per head"); plt.xlabel("head"); plt.ylabel("layer")'''),
+from tl_leadterm import plots
+out = Path(tempfile.mkdtemp())
+for lens in ("weights", "update"):
+    p = plots.signed_heatmap(df, out / f"ov_{lens}.png", site="circuit_ov", lens=lens)
+    plt.figure(figsize=(6, 4)); plt.imshow(plt.imread(p)); plt.axis("off")'''),
 ]
 
 MONITOR = [

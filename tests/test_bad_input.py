@@ -334,6 +334,6 @@ def test_unreadable_basis_file(good_basis_file, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("tl_leadterm.io.open", denied, raising=False)  # chmod does not stop root
+    monkeypatch.setattr("tl_leadterm.tensorfiles.open", denied, raising=False)  # chmod does not stop root
     msg = load_error(good_basis_file)
     assert "cannot read" in msg and "Permission denied" in msg and "permissions" in msg

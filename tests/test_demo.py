@@ -31,7 +31,8 @@ def test_demo_prints_the_report_path(demo):
 
 def test_demo_writes_every_output(demo):
     out, _ = demo
-    for name in ("analysis.csv", "model_analysis.csv", "neox_analysis.csv", "head_ranking.csv", "neox_associations.csv",
+    for name in ("analysis.csv", "model_analysis.csv", "neox_analysis.csv", "neox_head_ranking.csv", "neox_retention.csv",
+                 "neox_associations.csv",
                  "associations.csv", "views.json", "summary.json",
                  "basis.safetensors", "toy.safetensors", "monitor.jsonl", "attention_scales.csv",
                  "plots/analysis_similarity_vs_step.png", "plots/monitor_similarity.png"):
@@ -70,11 +71,17 @@ def test_demo_trains_a_gpt_neox_and_sweeps_it_beyond_the_leading_term(demo):
     assert list(dict.fromkeys(df.checkpoint)) == ["step0", "step1", "step2", "step4"]      # Pythia's schedule up to 4
     per_head = df[df.extension & df["head"].notna()]
     assert set(per_head.site) >= {"key_query", "circuit_qk", "circuit_ov", "circuit_ov_embed"}
-    assert {"coef", "explained", "residual_norm", "residual_rel_norm", "residual_pair", "residual_sv"} <= set(per_head.measure)
+    assert {"coef", "explained", "signed_cosine", "residual_norm", "residual_rel_norm", "residual_pair",
+            "residual_sv"} <= set(per_head.measure)
     ex = per_head[per_head.measure == "explained"].value
     assert ex.between(0, 1).all() and ex.notna().all()
-    rank = pd.read_csv(out / "head_ranking.csv")
-    assert len(rank) == 4 * 4 * 2 * 4 and set(rank["rank"]) == set(range(1, 9))   # ckpts x sites x layers x heads
+    sc = per_head[per_head.measure == "signed_cosine"]
+    assert sc.percentile.between(0, 1).all() and (sc.null_q05 <= sc.null_q95).all()
+    assert set(df.lens) == {"weights", "update", "gradient"} and set(df[df.lens == "update"].reference) == {"step0"}
+    rank = pd.read_csv(out / "neox_head_ranking.csv")
+    # (4 weights + 3 update + 1 gradient checkpoints) x sites x layers x heads
+    assert len(rank) == (4 + 3 + 1) * 4 * 2 * 4 and set(rank["rank"]) == set(range(1, 9))
+    assert {"above_chance", "anti_aligned", "percentile"} <= set(rank.columns)
     assoc = pd.read_csv(out / "neox_associations.csv")
     assert {"learned circuit_ov L0", "residual circuit_ov L1", "learned circuit_qk L1"} <= set(assoc.source)
 
@@ -83,9 +90,10 @@ def test_demo_report_has_the_real_model_section(demo):
     out, _ = demo
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Trained GPT-NeoX model (neox_analysis.csv)" in html and "Beyond the leading term: Trained GPT-NeoX model" in html
-    assert "Heads ranked by the explained fraction" in html and "least explained OV head" in html
-    assert (out / "plots" / "neox_analysis_explained_circuit_ov.png").is_file()
-    assert (out / "plots" / "neox_analysis_explained_sweep.png").is_file()
+    assert "Heads ranked by signed cosine" in html and "least aligned OV head" in html
+    assert "Findings: Trained GPT-NeoX model" in html and "How to read these numbers" in html
+    assert (out / "plots" / "neox_analysis_signed_circuit_ov.png").is_file()
+    assert (out / "plots" / "neox_analysis_retention_weights_circuit_ov.png").is_file()
 
 
 @pytest.mark.browser

@@ -4,7 +4,10 @@ Uses a randomly initialised Pythia-architecture model saved locally (fixture
 ``tiny_pythia_dir``); nothing is downloaded.
 """
 
+import contextlib
 import json
+import logging
+import re
 import warnings
 
 import numpy as np
@@ -209,9 +212,67 @@ def test_causal_check_real_model(adapter, pythia_basis):
     assert (rn > 0).all()
 
 
-@pytest.mark.skipif(TL_MAJOR >= 4, reason="weight editing needs HookedTransformer (TransformerLens 3.x)")
-def test_hook_edit_equals_weight_edit_and_backends_agree(adapter, tiny_pythia_dir, pythia_basis):
-    """On TL 3.x: editing W_Q/W_V in place gives the loss the hooks give, for both backends; analyses agree."""
+@contextlib.contextmanager
+def edited_weight(attn, pname: str, h: int, delta):
+    """Subtract ``delta`` (``d_model x d_head``) from head ``h`` of ``W_Q`` / ``W_V`` in the model's own parameters
+    (HookedTransformer: the ``[n_heads, d_model, d_head]`` parameter; TransformerBridge: the rows of its q / v
+    projection that ``W_Q`` / ``W_V`` view), checks that exactly that head changed by exactly ``delta``, and undoes it."""
+    before = getattr(attn, pname).detach().clone()
+    W = getattr(attn, pname)
+    if isinstance(W, torch.nn.Parameter):
+        param, idx, change = W, h, delta
+    else:
+        param = getattr(attn, pname[-1].lower()).weight          # [n_heads * d_head, d_model], head-major rows
+        dh = before.shape[-1]
+        idx, change = slice(h * dh, (h + 1) * dh), delta.T
+    orig = param.detach().clone()
+    with torch.no_grad():
+        param[idx] -= change.to(param.dtype)
+    try:
+        after = getattr(attn, pname).detach()
+        torch.testing.assert_close(before[h] - after[h], delta.to(after.dtype), atol=1e-6, rtol=1e-5)
+        rest = [i for i in range(before.shape[0]) if i != h]
+        assert torch.equal(before[rest], after[rest])
+        yield
+    finally:
+        with torch.no_grad():
+            param.copy_(orig)
+
+
+def test_hook_edit_equals_weight_edit(adapter, pythia_basis):
+    """On the installed TransformerLens (HookedTransformer on 3.x, TransformerBridge on 4.x): the edit hooks give
+    the loss of editing W_Q / W_V in the model's own weights, and they remove exactly c·D_h from the head matrix."""
+    basis, w = pythia_basis
+    toks = w.tokens[:3]
+    reps = adapter.token_representations(basis.token_ids)
+    base = adapter.loss(toks)
+    for site, pname, other_fn in (("qk", "W_Q", adapter.W_K), ("ov", "W_V", adapter.W_O)):
+        X, P, D = head_edit_directions(adapter, basis, 1, reps["attn_in"][1], site)
+        h = 2
+        Dh = D @ P[h]
+        c = float((X[h] * Dh).sum() / (Dh * Dh).sum())
+        other = other_fn(1)[h]
+        via_hooks = adapter.loss(toks, _edit_hooks(adapter, 1, h, site, c * D, other))
+        delta = weight_delta(site, c * D, other)
+        Xn = (getattr(adapter, pname)(1)[h].double() - delta) @ (other.double().T if site == "qk" else other.double())
+        torch.testing.assert_close(Xn, X[h] - c * Dh, atol=1e-8, rtol=1e-6)
+        with edited_weight(adapter.model.blocks[1].attn, pname, h, delta):
+            via_weights = adapter.loss(toks)
+        assert via_hooks == pytest.approx(via_weights, abs=2e-5)
+        # a large edit moves the loss, and hooks and weights still agree
+        big = c * D * float(10 * getattr(adapter, pname)(1)[h].norm() / delta.norm())   # 10x the weight
+        big_delta = weight_delta(site, big, other)
+        with edited_weight(adapter.model.blocks[1].attn, pname, h, big_delta):
+            via_big_weights = adapter.loss(toks)
+        via_big_hooks = adapter.loss(toks, _edit_hooks(adapter, 1, h, site, big, other))
+        assert abs(via_big_hooks - base) > 1e-4                # 5x the agreement tolerance below
+        assert via_big_hooks == pytest.approx(via_big_weights, abs=2e-5)
+    assert adapter.loss(toks) == base  # nothing left behind
+
+
+@pytest.mark.skipif(TL_MAJOR >= 4, reason="compares HookedTransformer with TransformerBridge; TransformerLens 4 has only the bridge")
+def test_backends_agree(adapter, tiny_pythia_dir, pythia_basis):
+    """On TL 3.x: the edit hooks on a TransformerBridge give the HookedTransformer's weight-edit loss; analyses agree."""
     basis, w = pythia_basis
     toks = w.tokens[:3]
     hooked = adapter
@@ -224,22 +285,9 @@ def test_hook_edit_equals_weight_edit_and_backends_agree(adapter, tiny_pythia_di
         Dh = D @ P[h]
         c = float((X[h] * Dh).sum() / (Dh * Dh).sum())
         other = other_fn(1)[h]
-        via_hooks = hooked.loss(toks, _edit_hooks(hooked, 1, h, site, c * D, other))
         via_bridge = bridge.loss(toks, _edit_hooks(bridge, 1, h, site, c * D, other))
-        # the edit removes exactly c·D_h from the head matrix
-        delta = weight_delta(site, c * D, other)
-        Xn = (getattr(hooked, pname)(1)[h].double() - delta) @ (other.double().T if site == "qk" else other.double())
-        torch.testing.assert_close(Xn, X[h] - c * Dh, atol=1e-8, rtol=1e-6)
-        param = getattr(hooked.model.blocks[1].attn, pname)
-        orig = param.detach().clone()
-        with torch.no_grad():
-            param[h] -= delta.to(param.dtype)
-        try:
+        with edited_weight(hooked.model.blocks[1].attn, pname, h, weight_delta(site, c * D, other)):
             via_weights = hooked.loss(toks)
-        finally:
-            with torch.no_grad():
-                param.copy_(orig)
-        assert via_hooks == pytest.approx(via_weights, abs=2e-5)
         assert via_bridge == pytest.approx(via_weights, abs=2e-5)
     a = analyze_model(hooked, basis, circuits=False, progress=False)
     b = analyze_model(bridge, basis, circuits=False, progress=False)
@@ -294,7 +342,16 @@ def test_cli_analyze_toy_with_causal_check(tmp_path):
     import pandas as pd
     df = pd.read_csv(out / "analysis.csv")
     assert {"W_O", "V", "W", "P"} <= set(df.site)
-    assert "'bird' -> 'flew'" in " ".join(df.detail.dropna()) or (df.measure == "residual_pair").any()
+    # residual pairs are decoded through the model's tokenizer: '#rank: 'row token' -> 'column token'', ranked by |value|
+    words = {tok.decode([i]) for i in basis.token_ids.tolist()}
+    pairs = df[(df.measure == "residual_pair") & (df.site != "P")]
+    assert set(pairs.site) == {"W_O", "V", "W"}
+    for _, grp in pairs.groupby(["site", "layer"], dropna=False):
+        assert len(grp) == 5
+        for rank, (detail, value) in enumerate(zip(grp.detail, grp.value), start=1):
+            m = re.fullmatch(r"#(\d+): '(.+)' -> '(.+)'", detail)
+            assert m is not None and int(m.group(1)) == rank and {m.group(2), m.group(3)} <= words, detail
+        assert list(grp.value.abs()) == sorted(grp.value.abs(), reverse=True)
     cc = pd.read_csv(out / "causal.csv")
     assert {"delta_leading", "delta_random_mean", "delta_random_sd"} <= set(cc.measure)
 
@@ -337,3 +394,183 @@ def test_sweep_prepares_the_basis_once_and_equals_single_analyses(tiny_pythia_di
     import pandas as pd
     ref = pd.concat(single, ignore_index=True)
     assert list(df.site) == list(ref.site) and (df.value.fillna(0) - ref.value.fillna(0)).abs().max() < 1e-10
+
+
+# ---------------------------------------------------------------------------
+# grouped-query attention
+# ---------------------------------------------------------------------------
+GQA_TEXT = "the bird flew . the fish swam . a bird flew home . the fish swam away . the cat sat ."
+
+
+@pytest.fixture(scope="module")
+def gqa_twins(tmp_path_factory):
+    """A random grouped-query model (4 query heads sharing 2 key/value heads) and its twin with 4 key/value heads
+    (each key/value head written out for every query head that reads it): the same function, but its W_V can be
+    edited per head.  TL 3.x: HookedTransformer; TL 4.x: Llama folders booted offline as TransformerBridge."""
+    from tl_leadterm.tokenization import build_word_tokenizer
+    tok = build_word_tokenizer([GQA_TEXT])
+    V = tok.vocab_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if TL_MAJOR >= 4:
+            from transformers import LlamaConfig, LlamaForCausalLM
+            kw = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=64, tie_word_embeddings=False, initializer_range=0.3)
+            torch.manual_seed(0)
+            g = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **kw))
+            m = LlamaForCausalLM(LlamaConfig(num_key_value_heads=4, **kw))
+            sd = {k: (v.reshape(2, 8, *v.shape[1:]).repeat_interleave(2, dim=0).reshape(32, *v.shape[1:])
+                      if k.endswith(("k_proj.weight", "v_proj.weight")) else v) for k, v in g.state_dict().items()}
+            m.load_state_dict(sd)
+            dirs = []
+            for name, model in (("gqa", g), ("mha", m)):
+                d = tmp_path_factory.mktemp(name)
+                model.save_pretrained(str(d))
+                tok.to_hf().save_pretrained(str(d))
+                dirs.append(d)
+            return tuple(load_model(d) for d in dirs) + (V,)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        kw = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=V, act_fn="gelu",
+                  normalization_type="LNPre", positional_embedding_type="rotary", initializer_range=0.3, seed=0)
+        g = HookedTransformer(HookedTransformerConfig(n_key_value_heads=2, **kw))
+        m = HookedTransformer(HookedTransformerConfig(**kw))
+        sd = {k.replace("._W_", ".W_").replace("._b_", ".b_"): (v.repeat_interleave(2, dim=0) if "._W_" in k or "._b_" in k else v)
+              for k, v in g.state_dict().items()}
+        m.load_state_dict(sd)
+        return adapt(g), adapt(m), V
+
+
+def test_grouped_query_attention_heads_and_edits(gqa_twins):
+    """The adapter gives every query head its key/value weights; the causal edits act on one head only, exactly as
+    editing that head's W_V / W_Q in the ungrouped twin does (hook_v is shared by the heads of a group)."""
+    gqa, mha, V = gqa_twins
+    assert (gqa.n_heads, gqa.n_key_value_heads, mha.n_key_value_heads) == (4, 2, 4)
+    assert gqa.folded and mha.folded
+    for l in range(2):
+        for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
+            torch.testing.assert_close(getattr(gqa, name)(l), getattr(mha, name)(l), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(gqa.W_K(l)[0], gqa.W_K(l)[1])               # heads 0 and 1 share key/value head 0
+        assert not torch.allclose(gqa.W_V(l)[1], gqa.W_V(l)[2])
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, V, (2, 10), generator=g)
+    base = gqa.loss(toks)
+    assert base == pytest.approx(mha.loss(toks), abs=1e-5)
+    for site, pname, other_fn in (("ov", "W_V", gqa.W_O), ("qk", "W_Q", gqa.W_K)):
+        for h in range(4):
+            other = other_fn(1)[h]
+            W = getattr(gqa, pname)(1)[h]
+            D = torch.randn(32, 32, generator=g, dtype=torch.float64)
+            D = D * float(3 * W.norm() / weight_delta(site, D, other).norm())        # an edit as large as 3x the weight
+            via_hooks = gqa.loss(toks, _edit_hooks(gqa, 1, h, site, D, other))
+            with edited_weight(mha.model.blocks[1].attn, pname, h, weight_delta(site, D, other)):
+                via_twin = mha.loss(toks)
+            assert via_hooks == pytest.approx(via_twin, abs=2e-5), (site, h)
+            assert abs(via_hooks - base) > 2e-4, (site, h)                          # 10x the agreement tolerance
+    assert gqa.loss(toks) == base
+    basis = compute_basis(windows_from_tokens(markov_tokens(V, 9, 30, seed=1), V), top_k=8, progress=False)
+    df = causal_check(gqa, basis, toks, seeds=2, progress=False)
+    assert set(df["head"]) == {0.0, 1.0, 2.0, 3.0} and set(df.layer) == {0.0, 1.0} and df.value.notna().all()
+
+
+# ---------------------------------------------------------------------------
+# nothing of the user's changed: the model, logging
+# ---------------------------------------------------------------------------
+def _boot_raw_bridge(path):
+    from transformer_lens.model_bridge import TransformerBridge
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TransformerBridge.boot_transformers(str(path), device="cpu")
+
+
+def _state(model):
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            (getattr(model, "compatibility_mode", None), getattr(model, "_weights_processed", None), model.training,
+             repr(model.cfg)))
+
+
+@pytest.mark.parametrize("given", ["raw bridge", "loaded model"])
+def test_analysis_leaves_the_users_model_alone(given, tiny_pythia_dir, pythia_basis, adapter, tmp_path):
+    """analyze_model, the quick measures, the causal check, the attention views and the monitor never change the
+    model they are given: same mode flags, same weights, bit-identical logits (a raw TransformerBridge is folded
+    on a copy, whose numbers equal those of a bridge loaded and folded by load_model)."""
+    from tl_leadterm.models import HAS_BRIDGE
+    from tl_leadterm.monitor import TrainingMonitor
+    from tl_leadterm.visual import compare_attention
+    if given == "raw bridge" and not HAS_BRIDGE:
+        pytest.skip("this TransformerLens has no TransformerBridge")
+    basis, w = pythia_basis
+    model = _boot_raw_bridge(tiny_pythia_dir) if given == "raw bridge" else load_model(tiny_pythia_dir).model
+    toks = w.tokens[:2, :12]
+    weights, flags = _state(model)
+    with torch.no_grad():
+        before = model(toks)
+    if given == "raw bridge":
+        assert flags[0] is False
+        ad = adapt(model)
+        assert ad.model is not model and ad.model.compatibility_mode and ad.folded and ad.tokenizer is not None
+        assert ad.model.tokenizer is model.tokenizer                          # the copy shares the tokenizer
+    df = analyze_model(model, basis, progress=False)
+    quick_measures(model, basis)
+    causal_check(model, basis, toks, seeds=1, layers=[1], heads=[0], progress=False)
+    compare_attention(model, basis, "Once upon a time there was a bird")
+    with TrainingMonitor(model, basis, tmp_path / "m.jsonl", every=1) as mon:
+        mon.log(1)
+    with torch.no_grad():
+        after = model(toks)
+    assert torch.equal(before, after)
+    weights_after, flags_after = _state(model)
+    assert flags_after == flags
+    assert weights_after.keys() == weights.keys() and all(torch.equal(weights[k], v) for k, v in weights_after.items())
+    if given == "raw bridge":   # the copy is folded exactly as load_model folds a bridge
+        ref = analyze_model(load_model(tiny_pythia_dir, backend="bridge"), basis, progress=False)
+        np.testing.assert_allclose(df.value.to_numpy(), ref.value.to_numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_loading_and_analysis_leave_logging_alone(tiny_pythia_dir, pythia_basis, caplog):
+    """The package logs through logging.getLogger('tl_leadterm') and never changes the root logger's or other
+    libraries' levels (it quiets them only while it loads)."""
+    from tl_leadterm.models import HAS_BRIDGE
+    from transformers.utils import logging as hf_logging
+    hf_logging.get_verbosity()      # transformers configures its own logger once, on first use
+    basis, _ = pythia_basis
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in ("transformers", "huggingface_hub", "datasets",
+                                                                         "transformer_lens")]
+    saved = [lg.level for lg in loggers]
+    handlers = list(logging.getLogger().handlers)
+    try:
+        for lg in loggers:
+            lg.setLevel(25)          # a level nothing sets by accident
+        with caplog.at_level(logging.INFO, logger="tl_leadterm"):
+            ad = load_model(tiny_pythia_dir)
+            analyze_model(ad, basis, circuits=False, progress=False)
+            if HAS_BRIDGE:
+                adapt(_boot_raw_bridge(tiny_pythia_dir))
+        assert [lg.level for lg in loggers] == [25] * len(loggers)
+        assert logging.getLogger().handlers == handlers
+        ours = [r for r in caplog.records if r.name.startswith("tl_leadterm")]
+        assert any("loading" in r.getMessage() for r in ours)
+        assert not HAS_BRIDGE or any("folding a copy" in r.getMessage() for r in ours)
+    finally:
+        for lg, lv in zip(loggers, saved):
+            lg.setLevel(lv)
+
+
+def test_quiet_restores_levels_and_installs_no_handler():
+    from tl_leadterm.logs import logger, quiet
+    assert logger.name == "tl_leadterm"
+    root, tf = logging.getLogger(), logging.getLogger("transformers")
+    saved_root, saved_tf, saved_handlers = root.level, tf.level, list(root.handlers)
+    try:
+        root.handlers.clear()        # no handlers: a library's logging.warning would call basicConfig
+        root.setLevel(logging.WARNING)
+        tf.setLevel(logging.CRITICAL)  # already quieter than ERROR: left as it is
+        with pytest.raises(RuntimeError):
+            with quiet("transformers", root=True):
+                assert root.level == logging.ERROR and tf.level == logging.CRITICAL
+                logging.warning("a library talking through the root logger")
+                raise RuntimeError
+        assert root.level == logging.WARNING and tf.level == logging.CRITICAL and root.handlers == []
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_root)
+        tf.setLevel(saved_tf)

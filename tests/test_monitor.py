@@ -4,6 +4,7 @@ import json
 import math
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 
@@ -126,7 +127,8 @@ def test_failing_measure_warns_and_training_continues(corpus, full_basis, monkey
     assert len(res.losses) == 3 and mon.records == []
 
 
-def test_tensorboard_optional(corpus, full_basis, tmp_path, monkeypatch):
+def test_tensorboard_needs_its_package(corpus, full_basis, tmp_path, monkeypatch):
+    """Without tensorboard: a one-line error at attach that says what to install, before any file is written."""
     import builtins
 
     real_import = builtins.__import__
@@ -137,18 +139,10 @@ def test_tensorboard_optional(corpus, full_basis, tmp_path, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_tb)
-    with pytest.warns(UserWarning, match="TensorBoard logging skipped"):
-        mon = TrainingMonitor(toy(1), full_basis, every=1, tensorboard=tmp_path / "tb")
-    assert mon.log(1, loss=1.0) is not None
-    monkeypatch.setattr(builtins, "__import__", real_import)
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return
-    mon = TrainingMonitor(toy(1), full_basis, every=1, tensorboard=tmp_path / "tb")
-    mon.log(1, loss=1.0)
-    mon.close()
-    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    with pytest.raises(LeadTermError, match=r"pip install tensorboard") as e:
+        TrainingMonitor(toy(1), full_basis, tmp_path / "m.jsonl", every=1, tensorboard=tmp_path / "tb")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "m.jsonl").exists()
 
 
 def test_records_frame(corpus, full_basis):
@@ -297,7 +291,7 @@ def test_hf_trainer_callback(tiny_pythia_dir, pythia_basis, tmp_path):
     recs = read_records(tmp_path / "m.jsonl")
     assert [r["step"] for r in recs] == [2, 4]
     assert recs[-1]["loss"] is not None and "qk.1.3" in recs[-1]["similarity"]
-    assert mon._fh is None  # closed at the end of training
+    assert mon.sinks == []  # closed at the end of training
 
 
 def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basis):
@@ -311,9 +305,24 @@ def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basi
     rows = df[(df.site == "key_query_resid") & (df.measure == "cov_cosine")]
     assert len(rows) == ad.n_layers * (ad.n_heads + 1)
     for r in rows.itertuples():
-        key = f"qk.{int(r.layer)}" if math.isnan(r.head) else f"qk.{int(r.layer)}.{int(r.head)}"
+        key = f"qk.{int(r.layer)}" if pd.isna(r.head) else f"qk.{int(r.layer)}.{int(r.head)}"
         assert rec["similarity"][key] == pytest.approx(r.value, abs=1e-9)
     # and the attention-input variant is a different number (LayerNorm matters)
     kq = df[(df.site == "key_query") & (df.measure == "cov_cosine") & df["head"].isna()].value.to_numpy()
     kr = rows[rows["head"].isna()].value.to_numpy()
     assert abs(kq - kr).max() > 1e-6
+
+
+def test_real_model_records_carry_their_chance_level(tiny_pythia_dir, pythia_basis):
+    """Every real-model similarity has its percentile among random heads / read-outs (the analysis' own nulls)."""
+    from tl_leadterm.models import load_model
+
+    ad = load_model(str(tiny_pythia_dir))
+    rec = TrainingMonitor(ad.model, pythia_basis, every=1, null_draws=40).log(1)
+    assert set(rec["percentile"]) == {k for k, v in rec["similarity"].items() if v is not None}
+    assert all(0.0 <= p <= 1.0 for p in rec["percentile"].values())
+    assert set(rec["residual_rel_norm"]) == set(rec["similarity"]) and "residual_norm" not in rec
+    again = TrainingMonitor(ad.model, pythia_basis, every=1, null_draws=40).log(1)
+    assert again["percentile"] == rec["percentile"]                     # seeded
+    off = TrainingMonitor(ad.model, pythia_basis, every=1, null_draws=0).log(1)
+    assert "percentile" not in off

@@ -215,12 +215,20 @@ def test_token_file_bad_inputs(files, tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("shard,frag", [("3/2", "0 <= I < N"), ("x", "I/N"), ("1/0", "I/N")])
+@pytest.mark.parametrize("shard,frag", [("3/2", "0 <= I < N"), ("x", "I/N"), ("1/0", "I/N"), ("-1/2", "0 <= I < N")])
 def test_malformed_shard_is_one_line(files, tmp_path, shard, frag):
+    """A malformed --shard is refused in one line that names the flag and the form it needs; the same command
+    with a well-formed shard runs (so the error comes from the shard, not from another argument)."""
     d, _, _ = files
-    rc, err = run(["basis", "--corpus", d / "data.idx", "--seq-len", T, "--vocab-size", V, "--token-ids",
-                   tmp_path / "none.json", "--mode", "exact", "--shard", shard, "--stats-out", tmp_path / "s.safetensors"])
+    ids = tmp_path / "ids.json"
+    ids.write_text(str(list(range(0, V, 3))))
+    args = ["basis", "--corpus", d / "data.idx", "--seq-len", T, "--vocab-size", V, "--token-ids", ids, "--mode", "exact"]
+    rc, err = run([*args, f"--shard={shard}", "--stats-out", tmp_path / "s.safetensors"])
     assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: --shard must be I/N") and frag in err and repr(shard) in err, err
+    assert not (tmp_path / "s.safetensors").exists()
+    assert run([*args, "--shard", "1/2", "--stats-out", tmp_path / "s.safetensors"]) == (0, "")
+    assert (tmp_path / "s.safetensors").is_file()
 
 
 def test_cli_vocab_and_tail_report(files, tmp_path, capsys):

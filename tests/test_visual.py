@@ -134,7 +134,11 @@ def test_toy_attention_matches_leading_term_in_the_leading_regime(trained_toy, s
     assert v.element == "AttentionHeads" and len(v.props["attention"]) == 2
     assert "CircuitsVis.render" in v.fragment() and "CircuitsVis.AttentionHeads" in v.fragment()
     st = comp.scale_table()
-    assert list(st.columns) == ["model", "layer", "head", "scale", "fit_residual", "pattern_tv"] and len(st) == 2
+    assert list(st.columns) == ["model", "layer", "head", "scale", "aligned", "fit_residual", "pattern_tv",
+                                "uniform_tv"] and len(st) == 2
+    assert set(st.aligned) <= {"aligned", "anti-aligned", "none"}
+    assert (st.aligned == "aligned").iloc[0] == (float(comp.scale[0, 0]) > 0)
+    assert "anti-aligned" in comp.view(0).props["attentionHeadNames"][1] or float(comp.scale[0, 0]) >= 0
 
 
 def test_tokens_outside_basis_are_marked_not_dropped(trained_toy, stories):
@@ -189,8 +193,12 @@ def test_associations(stories_basis, trained_toy):
     strs = stories_basis.token_strs()
     i = strs.index("bird")
     b = df[(df.token == "bird") & (df.source == "B̄")]
-    want = torch.sort(-stories_basis.bigram[i], stable=True).indices[:5].tolist()
+    row = stories_basis.bigram[i]
+    order = torch.sort(-row, stable=True).indices
+    want = [j for j in order.tolist() if row[j] > row.min()][:5]     # pairs never seen tie at the minimum: dropped
+    assert int((row == row.min()).sum()) >= 2                       # 'bird' has such a tie (the issue's example)
     assert b["associate"].tolist() == [strs[j] for j in want]
+    assert (b["value"] > float(row.min())).all()
     assert b["associate"].iloc[0] == "flew"  # the corpus grammar: "the bird flew"
     assert b["value"].iloc[0] == pytest.approx(stories_basis.bigram[i, want[0]].item())
     sources = set(df.source)
@@ -200,7 +208,7 @@ def test_associations(stories_basis, trained_toy):
     R = srcs["residual V.0"][0]
     assert abs(float((R * stories_basis.value).sum())) < 1e-9 * float(R.norm() * stories_basis.value.norm()) + 1e-30
     tab = visual.association_table(df, "bird")
-    assert tab.shape == (5, len(sources)) and tab.iloc[0]["B̄"].startswith("'flew'")
+    assert tab.shape[1] == len(sources) and tab.iloc[0]["B̄"].startswith("'flew'")
     v = visual.association_view(df, "bird")
     assert v.element == "ColoredTokensMulti" and len(v.props["labels"]) == len(sources)
     assert np.abs(np.asarray(v.props["values"])).max() == pytest.approx(1.0)
@@ -264,3 +272,20 @@ def test_heatmap_values_are_the_table(tmp_path, monkeypatch):
     plots.checkpoint_heatmap(df.iloc[::-1], tmp_path / "h.png", measure="cov_cosine", site="key_query", rows="head", layer=2)
     want = np.array([[0.1 * h + 0.01 * s for s in (1, 4, 16)] for h in range(4)])
     assert np.allclose(seen["X"], want)
+
+
+def test_anti_aligned_heads_are_called_so(trained_toy, stories_basis):
+    """Scores that run against the leading term (c < 0) are labelled anti-aligned, never 'leading term'."""
+    import copy
+
+    neg = copy.deepcopy(trained_toy)
+    with torch.no_grad():
+        for name, p in neg.weights().items():
+            if name.startswith(("W.", "P.")):
+                p.neg_()
+    comp = visual.compare_attention(neg, stories_basis, "sue saw a bird . the bird flew")
+    assert float(comp.scale[0, 0]) < 0
+    names = comp.view(0).props["attentionHeadNames"]
+    assert "anti-aligned with the leading term" in names[1] and "TV to uniform" in names[0]
+    st = comp.scale_table()
+    assert st.aligned.iloc[0] == "anti-aligned" and st.uniform_tv.between(0, 1).all()

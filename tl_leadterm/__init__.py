@@ -6,14 +6,21 @@ basis functions of a corpus (bigram B̄, context Φ̄, interchangeability ΣB̄)
 their compositions (M, Ḡ, Q̄, p̄), the paper's toy model, and comparisons of
 TransformerLens models with them.
 
-Pipeline stages, one module each: :mod:`~tl_leadterm.corpus` →
-:mod:`~tl_leadterm.basis` → :mod:`~tl_leadterm.toy` (the toy model) → model
-adapters → comparison → report.
+Pipeline stages, each a module or a package of them (docs/ARCHITECTURE.md has
+the map): the corpus (:mod:`~tl_leadterm.corpus` and the token-file readers) →
+the basis (:mod:`~tl_leadterm.basis`) → the toy model (:mod:`~tl_leadterm.toy`) →
+model adapters (:mod:`~tl_leadterm.models`) → the analysis
+(:mod:`~tl_leadterm.analysis`, also :mod:`~tl_leadterm.compare`) → views, the
+training monitor and its sinks, the report.
+
+The package logs through ``logging.getLogger("tl_leadterm")`` (:mod:`~tl_leadterm.logs`)
+and never changes the root logger, another library's logging or a model it is given.
 """
 
 from ._version import __version__  # noqa: E402
 
 from .errors import LeadTermError  # noqa: E402
+from . import config  # noqa: E402,F401  (the parameters: registers their names for messages, errors.PARAMS)
 from .corpus import Windows, load_corpus, read_documents, windows_from_tokens  # noqa: E402
 from .tokenization import Tokenizer, build_word_tokenizer, resolve_tokenizer  # noqa: E402
 from .basis import Basis, compute_basis, compute_basis_sharded, leading_coefficient  # noqa: E402
@@ -23,10 +30,12 @@ _LAZY = {
     "ToyTransformer": "toy", "ToyConfig": "toy", "train_toy": "toy",
     "ModelAdapter": "models", "load_model": "models", "adapt": "models",
     "analyze_toy": "compare", "analyze_model": "compare", "sweep": "compare",
-    "causal_check": "compare", "quick_measures": "compare",
+    "causal_check": "compare", "quick_measures": "compare", "fit_circuit": "compare", "rank_heads": "compare",
+    "retention": "compare", "summary": "compare", "head_gradients": "compare", "Factored": "compare",
     "compare_attention": "visual", "associations": "visual",
     "build_report": "report", "Report": "report",
     "TrainingMonitor": "monitor", "LeadTermTrainerCallback": "monitor", "read_records": "monitor",
+    "JSONLSink": "sinks", "TensorBoardSink": "sinks", "WandbSink": "sinks",
 }
 
 

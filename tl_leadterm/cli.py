@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("error: terminated (SIGTERM); nothing was written", file=sys.stderr)
         return 143
+    except OSError as e:
+        import errno
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the device{f' writing {e.filename}' if e.filename else ''}; free some space or "
+              "write to another disk", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory (an allocation the up-front estimates did not foresee); nothing was written; "
               "try a smaller problem (fewer tokens, a shorter --seq-len, a smaller model) or a machine with more memory",

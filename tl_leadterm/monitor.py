@@ -48,7 +48,7 @@ Real models (HookedTransformer, TransformerBridge, Hugging Face GPT-NeoX)
     ``resid_pre`` representations with ``M``; ``qk.l`` compares
     ``S_l = H_l W_Q W_Kᵀ H_lᵀ`` (averaged over heads) with ``Q̄`` and ``qk.l.h``
     does so per head (the analysis' site ``key_query_resid``).  ``similarity`` is the Frobenius cosine of the row-centred
-    covariance matrices; ``explained`` its square; ``residual_norm`` the relative
+    covariance matrices; ``explained`` its square; ``residual_rel_norm`` the relative
     norm sqrt(1 − cos²) of what the best multiple of the theory's covariance
     leaves.  Where LayerNorm is folded into the weights (HookedTransformer loaded
     by TransformerLens, a TransformerBridge in compatibility mode),
@@ -56,10 +56,16 @@ Real models (HookedTransformer, TransformerBridge, Hugging Face GPT-NeoX)
     ``resid_post``) is recorded as well, under ``"measures"``; elsewhere the attention
     input is not what W_Q multiplies and they are not recorded.
 
+Outputs: the records go to sinks (:mod:`tl_leadterm.sinks`: anything with ``write(record)`` and
+``close()``): ``path`` is a :class:`~tl_leadterm.sinks.JSONLSink`, ``tensorboard`` a
+:class:`~tl_leadterm.sinks.TensorBoardSink`, and ``sinks=`` adds more (e.g.
+:class:`~tl_leadterm.sinks.WandbSink`); ``monitor.records`` keeps them in memory as well.
+
 Failures: a basis that does not fit the model (the one rule of
 :func:`tl_leadterm.analysis.check_compatible`) raises :class:`LeadTermError`
 when the monitor is built (the measures are computed once there, as a dry
-run); an output path that cannot be opened also raises then.  Once training
+run); an output path that cannot be opened, or a sink whose package is not installed, also
+raises then.  Once training
 runs, a logging failure (disk full, permission, a measure that fails) only
 warns: the monitor never stops training.
 """
@@ -72,7 +78,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
@@ -80,11 +86,14 @@ from torch import Tensor
 
 from .analysis.compat import check_compatible
 from .analysis.factored import Factored
+from .analysis.chance import family_null, group_seed, representation_null
 from .analysis.measures import Family, Targets, cov_cosine_dense, projection, similarities
 from .analysis.quick import quick_measures
 from .basis import Basis
 from .errors import LeadTermError, require
+from .params import check
 from .models import adapt
+from .sinks import JSONLSink, Sink, TensorBoardSink
 from .theory import SITES, leading_coefficient
 
 
@@ -143,10 +152,11 @@ class _RealProbe:
 
     kind = "real"
 
-    def __init__(self, ad, basis: Basis, max_tokens: int | None = 256):
+    def __init__(self, ad, basis: Basis, max_tokens: int | None = 256, null_draws: int = 100, seed: int = 0):
         if max_tokens is not None and basis.k > max_tokens:
             basis = basis.restrict(basis.token_ids[:max_tokens])
         self.ad, self.basis, self.targets = ad, basis, Targets(basis)
+        self.null_draws, self.seed = null_draws, seed
 
     @torch.no_grad()
     def measure(self, model, step: int | None, lr: float | None) -> dict[str, Any]:
@@ -155,24 +165,39 @@ class _RealProbe:
         model.eval()
         try:
             sims: dict[str, float | None] = {}
+            places: dict[str, dict] = {}
             reps = ad.token_representations(self.basis.token_ids)["resid_pre"]
             value, key_query = (self.targets.get(SITES[s].target) for s in ("resid_pre", "key_query_resid"))
+            n = self.null_draws
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # undefined similarities are None
+                E = ad.W_E.detach().double().cpu()[self.basis.token_ids]
+                rnull = representation_null(E, value, n, group_seed(self.seed, "monitor", "resid")) if n else None
                 for l, h in enumerate(reps):
                     h = h.detach().double().cpu()
                     sims[f"resid.{l}"] = _none_if_bad(similarities(h, value)["cov_cosine"])
+                    if rnull is not None and sims[f"resid.{l}"] is not None:
+                        places[f"resid.{l}"] = rnull["cov_cosine"].place(sims[f"resid.{l}"])
                     fam = Family(h, None, key_query, False)
                     qk = (ad.W_Q(l).double().cpu(), ad.W_K(l).double().cpu().transpose(1, 2))
+                    per, avg = (family_null(fam, ad.d_model, "product", ad.d_head, n, group_seed(self.seed, "monitor", "qk", l),
+                                            heads=ad.n_heads) if n else (None, None))
                     sims[f"qk.{l}"] = _none_if_bad(fam.measure(Factored.head_mean(*qk))["cov_cosine"])
+                    if avg is not None and sims[f"qk.{l}"] is not None:
+                        places[f"qk.{l}"] = avg["cov_cosine"].place(sims[f"qk.{l}"])
                     for hd, X in enumerate(Factored.heads(*qk)):
                         sims[f"qk.{l}.{hd}"] = _none_if_bad(fam.measure(X)["cov_cosine"])
+                        if per is not None and sims[f"qk.{l}.{hd}"] is not None:
+                            places[f"qk.{l}.{hd}"] = per["cov_cosine"].place(sims[f"qk.{l}.{hd}"])
         finally:
             if was_training:
                 model.train()
         out = {"similarity": sims,
                "explained": {k: None if v is None else v * v for k, v in sims.items()},
-               "residual_norm": {k: None if v is None else math.sqrt(max(0.0, 1 - v * v)) for k, v in sims.items()}}
+               "residual_rel_norm": {k: None if v is None else math.sqrt(max(0.0, 1 - v * v)) for k, v in sims.items()}}
+        if places:   # the chance level of each similarity (random heads / read-outs through the same geometry)
+            out["percentile"] = {k: p.get("percentile") for k, p in places.items()}
+            out["null_q95"] = {k: p.get("null_q95") for k, p in places.items()}
         if ad.folded:
             out["measures"] = {k: _none_if_bad(float(v)) for k, v in quick_measures(ad, self.basis, self.targets).items()}
         return out
@@ -189,21 +214,30 @@ class TrainingMonitor:
     ``path``: JSONL output (created/truncated now; ``append=True`` to continue one).
     ``every``: log when ``step % every == 0`` (and always at step 0 if called).
     ``lr``: learning rate, for the toy model's ``coefficient_ratio`` (optional).
-    ``tensorboard``: a log folder for TensorBoard scalars (skipped with a warning
-    when ``tensorboard`` is not installed).
+    ``tensorboard``: a log folder for TensorBoard scalars (:class:`~tl_leadterm.sinks.TensorBoardSink`;
+    a one-line error when ``tensorboard`` is not installed).
+    ``sinks``: more outputs, each with ``write(record)`` and ``close()`` (:mod:`tl_leadterm.sinks`), written
+    after the JSONL file and TensorBoard, in order.
     ``max_tokens``: real models use at most this many basis tokens (the first ones).
+    ``null_draws``: real models' records also carry ``percentile`` and ``null_q95`` per similarity: its place among
+    random heads of the same shape (``qk``) or random linear read-outs of the embeddings (``resid``) read through
+    the same geometry (:mod:`tl_leadterm.analysis.chance`); 0 turns them off.  ``seed`` seeds those draws.
     """
 
     def __init__(self, model, basis: Basis, path: str | os.PathLike | None = None, *, every: int = 100,
                  lr: float | None = None, tensorboard: str | os.PathLike | None = None, append: bool = False,
-                 max_tokens: int | None = 256, keep_records: bool = True):
+                 max_tokens: int | None = 256, keep_records: bool = True, sinks: Sequence[Sink] = (),
+                 null_draws: int = 100, seed: int = 0):
         require(isinstance(basis, Basis), f"the monitor needs a tl_leadterm Basis, got {type(basis).__name__}; load one with Basis.load")
-        require(isinstance(every, int) and every >= 1, f"{{every}} must be a positive integer, got {every!r}")
-        require(lr is None or (lr > 0 and math.isfinite(lr)), f"{{lr}} must be a positive number, got {lr!r}")
+        every, null_draws = check("every", every), check("null_draws", null_draws)
+        check("lr", lr, optional=True)
+        for s in sinks:
+            require(isinstance(s, Sink), f"a monitor sink needs write(record) and close() methods, got {type(s).__name__}; "
+                                         "see tl_leadterm.sinks")
         self.every, self.lr = every, lr
         ad = adapt(model, fold=False)  # never converts the model being trained
         check_compatible(ad, basis)
-        self.probe = _ToyProbe(basis) if ad.token_space else _RealProbe(ad, basis, max_tokens)
+        self.probe = _ToyProbe(basis) if ad.token_space else _RealProbe(ad, basis, max_tokens, null_draws, seed)
         self.model = model
         self.records: list[dict] = []
         self.keep_records = keep_records
@@ -218,20 +252,15 @@ class TrainingMonitor:
         except Exception as e:
             raise LeadTermError(f"the monitor cannot measure this model with this basis ({type(e).__name__}: {e})") from None
         self.path = Path(path) if path is not None else None
-        self._fh = None
-        if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a" if append else "w", encoding="utf-8")
-            except OSError as e:
-                raise LeadTermError(f"cannot open monitor log {self.path} for writing ({e.strerror}); choose a writable path") from None
-        self._tb = None
-        if tensorboard is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(tensorboard))
-            except Exception as e:  # tensorboard is an optional dependency
-                warnings.warn(f"TensorBoard logging skipped ({type(e).__name__}: {e}); install tl-leadterm[tensorboard]", stacklevel=2)
+        tb = [TensorBoardSink(tensorboard)] if tensorboard is not None else []   # a missing package fails before any file
+        try:
+            self._jsonl = JSONLSink(self.path, append=append) if self.path is not None else None
+        except BaseException:
+            for t in tb:
+                t.close()
+            raise
+        #: the outputs, in the order they are written: the JSONL file, TensorBoard, then ``sinks``
+        self.sinks: list[Sink] = [s for s in (self._jsonl,) if s is not None] + tb + list(sinks)
 
     # -- the hook a training loop calls ---------------------------------------
     def callback(self, step: int, model=None, loss: float | Tensor | None = None) -> dict | None:
@@ -268,36 +297,27 @@ class TrainingMonitor:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _write(self, rec: dict) -> None:
-        if self._fh is not None:
+        for sink in self.sinks:
             try:
-                self._fh.write(json.dumps(rec, allow_nan=False) + "\n")
-                self._fh.flush()
-            except (OSError, ValueError) as e:
-                self.write_failures += 1
-                self._warn("write", f"training monitor: cannot write {self.path} ({getattr(e, 'strerror', None) or e}); "
-                                    "records are kept in memory (monitor.records) and training continues")
-        if self._tb is not None:
-            try:
-                for group in ("similarity", "explained", "residual_norm"):
-                    for name, v in rec.get(group, {}).items():
-                        if v is not None:
-                            self._tb.add_scalar(f"{group}/{name}", v, rec["step"])
-                if rec.get("loss") is not None:
-                    self._tb.add_scalar("loss", rec["loss"], rec["step"])
+                sink.write(rec)
             except Exception as e:
-                self._warn("tensorboard", f"training monitor: TensorBoard write failed ({type(e).__name__}: {e}); training continues")
+                if sink is self._jsonl:
+                    self.write_failures += 1
+                    self._warn("write", f"training monitor: cannot write {self.path} ({getattr(e, 'strerror', None) or e}); "
+                                        "records are kept in memory (monitor.records) and training continues")
+                else:
+                    self._warn(f"sink{id(sink)}", f"training monitor: writing to {sink!r} failed ({type(e).__name__}: {e}); "
+                                                  "training continues")
 
     def close(self) -> None:
-        """Flush and close the outputs (safe to call twice)."""
-        for attr in ("_fh", "_tb"):
-            h = getattr(self, attr)
-            if h is not None:
-                try:
-                    h.close()
-                except Exception as e:
-                    self._warn("close", f"training monitor: closing {attr[1:]} output failed ({e})")
-                setattr(self, attr, None)
-        if self.write_failures:
+        """Flush and close every output (safe to call twice)."""
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as e:
+                self._warn(f"close{id(sink)}", f"training monitor: closing {sink!r} failed ({e})")
+        if self.write_failures and sinks:
             warnings.warn(f"training monitor: {self.write_failures} record(s) could not be written to {self.path}", RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> "TrainingMonitor":

@@ -1,12 +1,14 @@
 """The main job as a library function: corpus → basis → toy model (monitored) → analysis → views → report.
 
 ``run_demo(DemoConfig(out="out/demo"))`` does what ``tl-leadterm demo`` does and returns a
-:class:`DemoResult`.  Every setting is a field of :class:`DemoConfig`, validated (with
-one-line errors that name the field) before any work starts.
+:class:`DemoResult`.  Every setting is a field of :class:`~tl_leadterm.config.DemoConfig` (declared,
+with its default, range and help, in :mod:`tl_leadterm.config`), validated (with one-line errors that
+name the field) before any work starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 import warnings
@@ -17,49 +19,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import require
+from .config import CHECKPOINT_STEPS, DEMO_TEXT, DEMO_TOKENS, DemoConfig  # noqa: F401  (DemoConfig lives in config)
 from .io import OWNS, staged_dir, write_json_atomic, write_text_atomic
 
-DEMO_TEXT = "sue saw a bird. the bird flew up in the sky. the big fish swam in the pond. dad drove the red car."
-DEMO_TOKENS = ("bird", "fish", "car")
 #: where a development checkout keeps the Pythia tokenizer (../shared beside the repository); not needed by the package
 PYTHIA_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt-neox-20b-tokenizer.json"
-CHECKPOINT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-@dataclass
-class DemoConfig:
-    """Settings of the main job (the fields are the ``tl-leadterm demo`` options)."""
-
-    out: str | Path
-    seq_len: int = 32
-    layers: int = 2
-    steps: int = 40
-    lr: float = 2.0
-    batch_size: int = 128          # 0: full batch
-    seed: int = 0
-    text: str = DEMO_TEXT
-    tokens: tuple[str, ...] = DEMO_TOKENS
-    pythia_tokenizer: str | Path | None = None   # None: ../shared's, when present
-    no_pythia: bool = False
-    neox_steps: int = 64           # GPT-NeoX trained from random init on the corpus (0: skip)
-
-    def validate(self) -> "DemoConfig":
-        require(self.seq_len >= 2, f"{{seq_len}} must be >= 2 (got {self.seq_len})")
-        require(self.layers >= 1, f"{{layers}} must be >= 1 (got {self.layers})")
-        require(self.steps >= 1, f"{{steps}} must be >= 1 (got {self.steps})")
-        require(self.lr > 0, f"{{lr}} must be positive (got {self.lr})")
-        require(self.batch_size >= 0, f"{{batch_size}} must be >= 0 (got {self.batch_size})")
-        require(self.neox_steps >= 0, f"{{neox_steps}} must be >= 0 (got {self.neox_steps})")
-        require(len(self.tokens) > 0, "{tokens} must list at least one token, e.g. bird,fish")
-        require(bool(self.text.strip()), "{text} is empty; give a text for the attention views")
-        require(self.no_pythia or self.pythia_tokenizer is None or Path(self.pythia_tokenizer).is_file(),
-                f"{{pythia_tokenizer}} {self.pythia_tokenizer} not found; give the Pythia tokenizer.json or {{no_pythia}}")
-        return self
-
-    @property
-    def checkpoint_steps(self) -> list[int]:
-        return sorted({s for s in CHECKPOINT_STEPS if s < self.steps} | {self.steps})
 
 
 @dataclass
@@ -143,11 +107,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> DemoResult:
             views += [("Association explorer", visual.association_view(assoc, tok)) for tok in dict.fromkeys(assoc["token"])]
 
             _stage(bar, "GPT-NeoX training and sweep")
-            neox_note = _neox_section(cfg, out, windows, basis, views, notes, scale_tables)
+            with _transformers_quiet():
+                neox_note = _neox_section(cfg, out, windows, basis, views, notes, scale_tables)
 
             _stage(bar, "Pythia-architecture model")
             try:
-                pythia_note = _pythia_section(cfg, out, views, notes, scale_tables)
+                with _transformers_quiet():
+                    pythia_note = _pythia_section(cfg, out, views, notes, scale_tables)
             except Exception as e:  # the optional real-model example must not sink the main job ...
                 if cfg.pythia_tokenizer is not None:
                     raise  # ... unless it was asked for explicitly: an input given and failing is an error
@@ -192,18 +158,29 @@ def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes
         notes.append("trained GPT-NeoX section skipped (--neox-steps 0)")
         return "no trained GPT-NeoX"
     from . import visual
-    from .analysis import head_fit, rank_heads, sweep, write_results
+    from .analysis import analyze_model, head_fit, rank_heads, sweep, write_results
     from .models import load_model, train_pythia
 
-    _quiet_transformers()
     name = f"GPT-NeoX trained {cfg.neox_steps} steps (2 layers, 4 heads, d_model 64, word tokenizer)"
     with tempfile.TemporaryDirectory() as d:
-        ckpts = train_pythia(windows, Path(d) / "neox", steps=cfg.neox_steps, n_layers=2, d_model=64, n_heads=4,
+        where = out / "neox_checkpoints" if cfg.keep_checkpoints else Path(d) / "neox"
+        ckpts = train_pythia(windows, where, steps=cfg.neox_steps, n_layers=2, d_model=64, n_heads=4,
                              lr=3e-3, batch_size=16, seed=cfg.seed, progress=False)
         steps = sorted(ckpts)
-        df = sweep(None, [str(ckpts[s]) for s in steps], basis, labels=[f"step{s}" for s in steps], progress=False)
+        labels = [f"step{s}" for s in steps]
+        # weights and the update since step 0 at every checkpoint; the loss gradient at step 0 on a seeded sample
+        g = torch.Generator().manual_seed(cfg.seed)
+        sample = windows.tokens[torch.randperm(len(windows.tokens), generator=g)[:256].sort().values]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the update at step 0 is empty; zero heads give NaN with a warning
+            df = sweep(None, [str(ckpts[s]) for s in steps], basis, labels=labels, progress=False,
+                       lens=("weights", "update"), reference="first", null_draws=cfg.null_draws, seed=cfg.seed)
+            grad = analyze_model(load_model(str(ckpts[steps[0]])), basis, labels[0], lens="gradient", gradient=sample,
+                                 progress=False, null_draws=cfg.null_draws, seed=cfg.seed, n_singular=0, top=1,
+                                 sites="circuit_ov,circuit_qk,key_query,circuit_ov_embed")
+        df = pd.concat([df, grad], ignore_index=True)
         write_results(df, out, "neox_analysis")
-        ranking = rank_heads(df)
+        ranking = rank_heads(df[df["lens"] == "weights"])
         ad = load_model(str(ckpts[steps[-1]]))
         ad.name = name
         comp = visual.compare_attention(ad, basis, cfg.text, name=name)
@@ -211,26 +188,44 @@ def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes
         views += [("Attention: trained GPT-NeoX", v) for v in comp.views()]
         ov = ranking[(ranking["checkpoint"] == f"step{steps[-1]}") & (ranking["site"] == "circuit_ov")]
         strs = basis.token_strs()
-        for what, r in (("best explained", ov.iloc[0]), ("least explained", ov.iloc[-1])):
+        up = ov[ov["above_chance"]] if ov["percentile"].notna().any() else ov
+        picks = ([("best above-chance", up.iloc[0])] if len(up) else []) + [("least aligned", ov.iloc[-1])]
+        if not len(up):
+            notes.append(f"no OV head of the trained GPT-NeoX is above chance at step{steps[-1]}: none is featured")
+        for what, r in picks:     # never a head at chance as "explained"
             l, h = int(r["layer"]), int(r["head"])
             f = head_fit(ad, basis, l, h, "circuit_ov")
             if f.singular:
                 views.append(("Beyond the leading term: trained GPT-NeoX", visual.residual_view(
-                    f, strs, f"{what} OV head L{l}H{h} (explained {f.explained:.2g}): residual directions")))
+                    f, strs, f"{what} OV head L{l}H{h} (signed cosine {r['signed_cosine']:.2g}): residual directions")))
         assoc = visual.associations(basis, list(cfg.tokens), model=ad, top=8)
         write_text_atomic(out / "neox_associations.csv", assoc.to_csv(index=False))
         views += [("Association explorer: trained GPT-NeoX", visual.association_view(assoc, tok))
                   for tok in dict.fromkeys(assoc["token"])]
+    kept = " (kept under neox_checkpoints/)" if cfg.keep_checkpoints else ""
     return (f"a GPT-NeoX (Pythia architecture) trained from random initialisation for {cfg.neox_steps} steps with "
-            f"checkpoints on Pythia's schedule, every head projected on its leading terms and the residual beyond them")
+            f"checkpoints on Pythia's schedule{kept}, every head read through three lenses (its weights, its update since "
+            f"step 0, the loss gradient at step 0) and fitted against the leading terms with a chance level from random "
+            f"heads, and the residual beyond them")
 
 
-def _quiet_transformers() -> None:
-    try:  # transformers' own progress bars (writing/loading the model) add nothing here
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' own progress bars (writing/loading the model) and loader chatter add nothing to the demo's
+    output: off inside the block, as they were afterwards (a guest changes no global state for good)."""
+    from .logs import quiet
+    try:
         from transformers.utils import logging as hf_logging
+        was = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+    except Exception:  # pragma: no cover - transformers comes with transformer-lens
+        hf_logging, was = None, False
+    try:
+        with quiet():
+            yield
+    finally:
+        if hf_logging is not None and was:
+            hf_logging.enable_progress_bar()
 
 
 def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_tables: list) -> str:
@@ -248,7 +243,6 @@ def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_
     from .models import load_model, save_random_pythia
     from .visual import compare_attention
 
-    _quiet_transformers()
     windows = load_corpus("builtin:stories", seq_len=cfg.seq_len, tokenizer=str(tok), vocab_size=50304)
     basis = compute_basis(windows, top_k=200, mode="merge-other", progress=False)
     with tempfile.TemporaryDirectory() as d:

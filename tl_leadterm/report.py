@@ -23,7 +23,16 @@ Results folder (``tl-leadterm report --results DIR``)
 * ``associations.csv`` — the explorer's long table (:func:`tl_leadterm.visual.associations`);
 * ``views.json`` — saved circuitsvis views (attention, explorer): a list of
   ``{"element", "props", "title", "caption", "section"}``;
-* ``summary.json`` — free-form facts shown at the top (settings, timings).
+* ``summary.json`` — facts shown at the top (settings, notes).
+
+Every field of these files is untrusted (a folder may come from someone else): :mod:`tl_leadterm.results`
+checks each against what the package writes and keeps only what is shown; every text is HTML-escaped
+where it is shown (plot labels are escaped for matplotlib: a ``$`` is a dollar sign, never mathtext);
+views are rendered from JSON data, never from code (:mod:`tl_leadterm.visual.views`).
+
+Plots are written to ``plots_dir`` (default ``plots/`` beside the HTML file): only the files named
+there are written, nothing else in that folder is touched.  ``tl-leadterm report --out DIR/NAME.html``
+writes them to ``DIR/NAME_plots/``, a folder it owns; ``demo`` to its own ``plots/``.
 """
 
 from __future__ import annotations
@@ -38,10 +47,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import require
-from .io import write_text_atomic
+from .errors import LeadTermError, require
+from .io import check_writable_dir, write_text_atomic
 from .theory import LEADING
-from .results import read_csv, read_json, read_monitor, read_table, read_views
+from .results import read_associations, read_monitor, read_scales, read_summary, read_table, read_views
 from .visual import CVView, circuitsvis_bundle
 
 CSS = """
@@ -73,7 +82,7 @@ class Report:
 
     def text(self, text: str, cls: str = "") -> "Report":
         for para in str(text).split("\n\n"):
-            self.parts.append(f'<p{f" class={cls!r}" if cls else ""}>{html.escape(para)}</p>')
+            self.parts.append(f'<p{f" class={html.escape(cls, quote=True)!r}" if cls else ""}>{html.escape(para)}</p>')
         return self
 
     def table(self, df: pd.DataFrame, caption: str = "", max_rows: int = 60, float_format: str = "{:.4g}",
@@ -129,7 +138,6 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
     """Plots and tables for one analysis table (toy or real model)."""
     from . import plots
 
-    plots_dir.mkdir(parents=True, exist_ok=True)
     toy = bool(df["site"].isin(list(LEADING)).any()) and "cosine_leading" in set(df["measure"])
     ckpts = plots.order_checkpoints(df["checkpoint"].tolist())
     if toy:
@@ -156,18 +164,23 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
                       caption="Beyond the leading term: the largest residual entries (row token → column token).", max_rows=40)
         return
     # real model
+    if "lens" in df and (df["measure"] == "signed_cosine").any():
+        add_findings_section(rep, df, plots_dir, stem, label, ckpts)
+        df = df[df["lens"] == "weights"]
     meas = "cov_cosine" if "cov_cosine" in set(df["measure"]) else str(df["measure"].iloc[0])
     for site in ("key_query", "resid_pre", "resid_post"):
         if ((df["site"] == site) & (df["measure"] == meas)).any():
             out = plots.save_both(plots.checkpoint_heatmap, df, plots_dir / f"{stem}_layers_{site}", measure=meas, site=site,
                                   rows="layer", title=f"{label}: {meas} of {site}, layer × checkpoint")
-            rep.image(out[0], f"Layer × checkpoint: {meas} of {site} with its theory matrix (THEORY.md §5).")
+            rep.image(out[0], f"Layer × checkpoint: {meas} of {site} with its theory matrix (THEORY.md §5); one fixed "
+                              "colour scale for the measure; grey cells are at chance (percentile between 0.05 and 0.95).")
     heads = df[(df["site"] == "key_query") & (df["measure"] == meas) & df["head"].notna()]
     for layer in sorted(heads["layer"].dropna().unique()):
         out = plots.save_both(plots.checkpoint_heatmap, df, plots_dir / f"{stem}_heads_L{int(layer)}", measure=meas,
                               site="key_query", rows="head", layer=layer,
                               title=f"{label}: {meas} of key-query vs Q̄, head × checkpoint, layer {int(layer)}")
-        rep.image(out[0], f"Head × checkpoint, layer {int(layer)}: {meas} of (A W_Q)(A W_K)ᵀ with Q̄.")
+        rep.image(out[0], f"Head × checkpoint, layer {int(layer)}: {meas} of (A W_Q)(A W_K)ᵀ with Q̄; grey cells are at "
+                          "chance: random heads read through the same attention inputs reach them.")
     summ = df[df["head"].isna() & df["measure"].isin([meas, "cka"]) & (df["checkpoint"] == ckpts[-1])]
     rep.table(summ[["checkpoint", "layer", "site", "measure", "value", "target", "extension"]].reset_index(drop=True),
               caption="Per-layer similarities at the last checkpoint (head averages).")
@@ -186,55 +199,131 @@ def add_beyond_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str
     rep.text("Each head's token-space matrices on the basis tokens (key_query: (A W_Q)(A W_K)ᵀ; circuit_qk: "
              "E W_Q W_Kᵀ Eᵀ, both against Q̄; circuit_ov: E W_V W_O U against Ḡ; circuit_ov_embed: E W_V W_O Eᵀ against M) "
              "are projected on their leading term by least squares after centring each row (softmax ignores a constant "
-             "per row). 'explained' is the share of the centred matrix that the leading term accounts for; the residual "
-             "is what the head does beyond it.")
+             "per row). The signed cosine is the alignment (its square the share explained); the percentile places it "
+             "among random heads read through the same geometry; the residual is what the head does beyond it.")
     ranking = rank_heads(df[df["checkpoint"] == last])
+    has_null = ranking["percentile"].notna().any()
     for site in HEAD_SITES:
-        if (df["site"].eq(site) & df["measure"].eq("explained") & df["head"].notna()).any():
-            out = plots.save_both(plots.head_grid, df, plots_dir / f"{stem}_explained_{site}", site=site, checkpoint=last,
-                                  title=f"{label}: explained by the leading term at {site}, layer × head ({last})")
-            rep.image(out[0], f"Layer × head at {last}: fraction of each head's row-centred {site} matrix explained by "
-                              "its leading term.")
-    if len(ckpts) > 1:
-        out = plots.save_both(plots.checkpoint_heatmap, df, plots_dir / f"{stem}_explained_sweep", measure="explained",
-                              site="circuit_ov", rows="layer_head", title=f"{label}: explained at circuit_ov, head × checkpoint")
-        rep.image(out[0], "Every head's OV circuit across checkpoints: the fraction its leading term Ḡ explains.")
-    rep.table(ranking, caption=f"Heads ranked by the explained fraction per site at {last} (1 = best explained by corpus "
-                               "statistics).", max_rows=40)
+        if (df["site"].eq(site) & df["measure"].eq("signed_cosine") & df["head"].notna()).any() and len(ckpts) > 1:
+            out = plots.save_both(plots.signed_heatmap, df, plots_dir / f"{stem}_signed_{site}", site=site, lens="weights",
+                                  title=f"{label}: signed cosine at {site}, head × checkpoint (weights)")
+            rep.image(out[0], f"Every head at {site} across checkpoints: signed cosine with its leading term, one diverging "
+                              "scale for the whole measure; grey cells are at chance (percentile between 0.05 and 0.95).")
+    rep.table(ranking, caption=f"Heads ranked by signed cosine per site at {last} (above_chance: percentile >= 0.95 and "
+                               "positive; anti_aligned: percentile <= 0.05).", max_rows=40)
     ov = ranking[ranking["site"] == "circuit_ov"]
+    picks = {}
     if len(ov):
-        picks = {"best explained": ov.iloc[0], "least explained": ov.iloc[-1]}
-        for what, r in picks.items():
-            sel = ((df["checkpoint"] == last) & (df["site"] == "circuit_ov") & (df["layer"] == r["layer"])
-                   & (df["head"] == r["head"]) & df["measure"].isin(["residual_pair", "residual_sv"]))
-            rep.table(df[sel][["measure", "value", "detail"]].reset_index(drop=True),
-                      caption=f"Beyond the leading term, {what} OV head L{int(r['layer'])}H{int(r['head'])} "
-                              f"(explained {r['explained']:.3f}): largest residual entries (source → output token) "
-                              "and top singular directions of the residual.")
+        up = ov[ov["above_chance"]] if has_null else ov
+        if len(up):
+            picks["best above-chance" if has_null else "best aligned"] = up.iloc[0]
+        else:
+            rep.text(f"No OV head is above chance at {last}: no head is featured as explained by Ḡ.", "note")
+        picks["least aligned"] = ov.iloc[-1]
+    for what, r in picks.items():
+        sel = ((df["checkpoint"] == last) & (df["site"] == "circuit_ov") & (df["layer"] == r["layer"])
+               & (df["head"] == r["head"]) & df["measure"].isin(["residual_pair", "residual_sv"]))
+        pct = "" if pd.isna(r["percentile"]) else f", percentile {r['percentile']:.2f}"
+        rep.table(df[sel][["measure", "value", "rank", "row_token", "col_token", "detail"]].reset_index(drop=True),
+                  caption=f"Beyond the leading term, {what} OV head L{int(r['layer'])}H{int(r['head'])} "
+                          f"(signed cosine {r['signed_cosine']:.3g}{pct}): largest residual entries (source → output token) "
+                          "and top singular directions of the residual.")
+
+
+READING_GUIDE = (
+    "How to read these numbers. cosine: the plain Frobenius cosine of a head's token-space matrix with the theory "
+    "matrix (rows and columns index the same tokens), dominated by per-row constants that softmax ignores. "
+    "signed_cosine: the same after centring every row, with the sign of the least-squares coefficient; its square is "
+    "'explained', the share of the row-centred matrix the leading term accounts for. A negative signed cosine is "
+    "anti-alignment, never 'explained'. cov_cosine: the paper's representational similarity (row covariances), blind to "
+    "sign and strongly shaped by the embeddings alone. Use signed_cosine with its percentile: the fraction of random "
+    "heads of the same shape, read through the same embeddings and inputs, that it beats. A head is above chance at "
+    "percentile >= 0.95 with a positive sign; anti-aligned at <= 0.05.")
+
+
+def add_findings_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str, label: str, ckpts: list) -> None:
+    """What was found: per lens and site, heads above chance, the best one and a sentence; retention per layer."""
+    from . import plots
+    from .analysis.findings import retention, summary
+
+    rep.heading(f"Findings: {label}", level=3)
+    summ = summary(df)
+    if len(summ) == 0:
+        rep.text("No per-head fits with chance levels in this table.", "note")
+        return
+    for lens, g in summ.groupby("lens", sort=False):
+        rep.text(f"Lens '{lens}': " + " ".join(g["sentence"].tolist()))
+    rep.table(summ.drop(columns=["sentence"]), caption="Per lens and site: head-checkpoint pairs above chance (percentile >= "
+                                                     "0.95, positive), where, and the best one.", max_rows=40)
+    rep.text(READING_GUIDE)
+    ret = retention(df)
+    if len(ret):
+        rep.table(ret, caption="Retention per layer (head average, own target): the peak, the first checkpoint below the "
+                               "threshold and the first at chance (percentile < 0.95).", max_rows=40)
+        for lens in dict.fromkeys(ret["lens"]):
+            for site in ("circuit_ov", "key_query"):
+                if ((ret["lens"] == lens) & (ret["site"] == site)).any():
+                    out = plots.save_both(plots.retention_plot, df, plots_dir / f"{stem}_retention_{lens}_{site}", site=site,
+                                          lens=lens, title=f"{label}: {site} ({lens}) per layer")
+                    rep.image(out[0], f"Head-average signed cosine at {site} under the {lens} lens per layer against the "
+                                      "step, the 0.7 threshold dashed, each layer's chance band shaded.")
+    for lens in ("update", "gradient"):
+        if (df["lens"] == lens).any() and df[(df["lens"] == lens)]["checkpoint"].nunique() >= 1:
+            sub = df[(df["lens"] == lens) & (df["site"] == "circuit_ov")]
+            if (sub["measure"] == "signed_cosine").any() and sub["checkpoint"].nunique() > 1:
+                out = plots.save_both(plots.signed_heatmap, df, plots_dir / f"{stem}_signed_circuit_ov_{lens}",
+                                      site="circuit_ov", lens=lens, title=f"{label}: signed cosine at circuit_ov ({lens} lens)")
+                rep.image(out[0], f"The {lens} lens at circuit_ov: signed cosine with Ḡ per head and checkpoint "
+                                  "(grey: at chance).")
+    grad = df[(df["lens"] == "gradient") & (df["measure"] == "explained") & df["head"].isna() & df["layer"].notna()]
+    if len(grad):
+        piv = grad.pivot_table(index=["checkpoint", "site", "layer"], columns="target", values="value", aggfunc="first")
+        rep.table(piv.reset_index(), caption="Gradient lens, head averages: share of the row-centred gradient explained by "
+                                             "each target (model:T = the target read through the model's own geometry).")
+
+
+def check_results_dir(d: Path | str) -> Path:
+    """``d`` as a results folder, or a one-line error that says what it is instead."""
+    d = Path(d)
+    if not d.is_dir():
+        what = ("not found" if not d.exists() and not d.is_symlink() else "is a broken symbolic link" if not d.exists()
+                else "is a file, not a folder" if d.is_file() else "is a device or other special file, not a folder")
+        raise LeadTermError(f"results folder {d} {what}; give a folder written by 'tl-leadterm demo', 'analyze' or 'sweep'")
+    return d
 
 
 def build_report(results: Path | str | list, out: Path | str, *, title: str = "tl_leadterm report",
-                 extra_views: list[tuple[str, CVView]] | None = None) -> Path:
-    """Assemble ``out`` (an .html file) from one or more results folders (module docstring)."""
+                 extra_views: list[tuple[str, CVView]] | None = None, plots_dir: Path | str | None = None) -> Path:
+    """Assemble ``out`` (an .html file) from one or more results folders (module docstring).
+
+    ``plots_dir``: where the plots' PNG and SVG files go (default ``plots/`` beside ``out``); only files
+    of the names the report writes are replaced there.
+    """
     from . import plots
 
-    dirs = [Path(d) for d in (results if isinstance(results, (list, tuple)) else [results])]
-    for d in dirs:
-        require(d.is_dir(), f"results folder {d} not found; give a folder written by 'tl-leadterm demo', 'analyze' or 'sweep'")
+    dirs = [check_results_dir(d) for d in (results if isinstance(results, (list, tuple)) else [results])]
     out = Path(out)
-    plots_dir = out.parent / "plots"
+    require(not out.is_dir(), f"cannot write the report to {out}: it is a folder; give the path of an .html file")
+    require(not out.exists() or out.is_file(), f"cannot write the report to {out}: it is a device or other special file, "
+                                               "not a regular file; give the path of an .html file")
+    check_writable_dir(out.parent)
+    plots_dir = Path(plots_dir) if plots_dir is not None else out.parent / "plots"
+    require(not plots_dir.exists() or plots_dir.is_dir(), f"the plots folder {plots_dir} is a file, not a folder; move it "
+                                                          "away or give another plots_dir")
     rep = Report(title)
     found = 0
     for d in dirs:
         summ = d / "summary.json"
         if summ.is_file():
-            facts = read_json(summ, dict, "object of settings")
+            facts = read_summary(summ)
             rep.heading("Run")
-            if isinstance(facts, dict) and facts.get("text"):
+            if facts.get("text"):
                 rep.text(str(facts.pop("text")))
-            rep.table(pd.DataFrame([{"setting": k, "value": json.dumps(v) if not isinstance(v, str) else v}
-                                    for k, v in (facts.items() if isinstance(facts, dict) else [])]))
+            facts.pop("text", None)
+            rep.table(pd.DataFrame([{"setting": k, "value": json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}
+                                    for k, v in facts.items()], columns=["setting", "value"]))
             found += 1
+    # ---- findings summary: the lead's summary section goes here (a function called with rep, dirs) ----
     views: list[tuple[str, CVView]] = list(extra_views or [])
     for d in dirs:
         if (d / "views.json").is_file():
@@ -253,18 +342,18 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
     for d in dirs:
         if (d / "attention_scales.csv").is_file():
             rep.heading("Fitted attention scales")
-            rep.table(read_csv(d / "attention_scales.csv", numeric=("layer", "head", "scale", "fit_residual"),
-                               text=("model",), what="attention-scale table"),
-                      caption="Per layer and head: the least-squares scale c of the leading-term scores, the relative residual "
-                              "of that fit, and the mean total-variation distance between the model's and the predicted pattern.")
+            rep.table(read_scales(d / "attention_scales.csv"),
+                      caption="Per layer and head: the least-squares scale c of the leading-term scores (anti-aligned when "
+                              "c < 0: the scores run against the leading term), the relative residual of that fit, the mean "
+                              "total-variation distance between the model's and the predicted pattern, and between the "
+                              "model's pattern and uniform attention (a small pattern_tv means little when uniform_tv is "
+                              "small too).")
             found += 1
     for i, d in enumerate(dirs):
         tag = f"{i}_" if len(dirs) > 1 else ""
         if (d / "associations.csv").is_file():
             from .visual import association_table
-            adf = read_csv(d / "associations.csv", numeric=("rank", "value"), text=("token", "source", "associate"),
-                           what="associations table")
-            adf["rank"] = adf["rank"].astype(int)
+            adf = read_associations(d / "associations.csv")
             rep.heading("Association tables")
             for tok in dict.fromkeys(adf["token"]):
                 rep.table(association_table(adf, tok).reset_index(), caption=f"Top associates of {tok!r} per source "

@@ -4,8 +4,9 @@
 * :data:`LEADING`: each toy weight, its leading term, its order in η and the constant in
   front of it after ``s`` steps of gradient descent (:func:`leading_coefficient`);
   :data:`OV_PRODUCT` is the value-output product ``V·W_O`` whose leading term is Ḡ = M B̄;
-* :data:`SITES`: what a real model's matrix or representation is compared with (§5, and
-  the token-space circuits that go beyond the paper);
+* :data:`SITES`: the registry of real-model sites (§5, and the token-space circuits that go
+  beyond the paper): each one entry with its targets and how its matrix is built
+  (:data:`GEOMETRY`, :data:`CIRCUIT_WEIGHTS`); :func:`site` looks one up;
 * toy weight names (``"W_O"``, ``"V.0"``, ``"W.1"``, ``"P.2"``): :func:`parse_weight`,
   :func:`weight_name`.
 """
@@ -130,25 +131,120 @@ def weight_name(base: str, layer: int | None) -> str:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Site:
-    """What a real-model site is compared with; ``extension``: beyond the paper."""
+    """One real-model site (THEORY.md §5, and the token-space circuits beyond the paper): the one registry entry.
+
+    ``target`` is the site's leading term; ``targets`` every basis matrix it is fitted against
+    (the first is ``target``; ``model:<t>`` variants are added by the analysis, :data:`MODEL_PREFIX`).
+    A site with a ``circuit`` is a per-head matrix ``X = L P R``: ``P`` the head's product of weights
+    (``"qk"``: ``W_Q W_Kᵀ``, ``"ov"``: ``W_V W_O``), ``L``/``R`` read through the model's geometry,
+    named by ``left``/``right`` (:data:`GEOMETRY`).  ``fit``: the per-head projection modulo row offsets
+    and its residual are computed (``extension`` rows); ``layer_wise``: one matrix per layer.
+    A site without a circuit is a representation (``resid_*``: ``H`` per layer) or the direct path ``E U``.
+    """
 
     name: str
     target: str
     extension: bool
     description: str
+    circuit: str = ""        # "qk" | "ov" | "" (no head matrix)
+    left: str = ""           # GEOMETRY key of L (k x d)
+    right: str = ""          # GEOMETRY key of R (d x k)
+    fit: bool = False        # per-head projection and residual (module analysis.heads)
+    extra_targets: tuple[str, ...] = ()
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target,) + self.extra_targets
+
+    @property
+    def per_head(self) -> bool:
+        return bool(self.circuit)
+
+
+#: how a site's outer factors are read from the model (``L`` rows, ``R`` columns, over the k basis tokens)
+GEOMETRY: dict[str, str] = {
+    "E": "W_E[token_ids] (k x d_model): the embeddings",
+    "E.T": "W_E[token_ids]ᵀ (d_model x k)",
+    "U": "W_U[:, token_ids] (d_model x k): the unembedding",
+    "A": "the attention input of layer l of each basis token run alone (k x d_model); ᵀ on the right",
+    "A.T": "the attention input, transposed (d_model x k)",
+    "H": "resid_pre of layer l of each basis token run alone (k x d_model)",
+    "H.T": "resid_pre, transposed (d_model x k)",
+}
+#: a target read through the model's own geometry: for X = L P R, ``model:T`` is (L Lᵀ) T (Rᵀ R)
+MODEL_PREFIX = "model:"
+#: the product of weights of each circuit, as TransformerLens names the factors
+CIRCUIT_WEIGHTS: dict[str, tuple[str, str]] = {"qk": ("W_Q", "W_K"), "ov": ("W_V", "W_O")}
 
 SITES: dict[str, Site] = {s.name: s for s in (
     Site("resid_pre", "value", False, "representations H of each token run alone, before layer l"),
     Site("resid_mid", "value", False, "H after the attention half of layer l"),
     Site("resid_post", "value", False, "H after layer l"),
-    Site("key_query", "key_query", False, "(A W_Q)(A W_K)ᵀ with A the attention input (query x key)"),
-    Site("key_query_resid", "key_query", False, "(H W_Q)(H W_K)ᵀ with H = resid_pre (THEORY.md §5 to the letter)"),
-    Site("circuit_qk", "key_query", True, "E W_Q W_Kᵀ Eᵀ, the full QK circuit (query x key)"),
-    Site("circuit_ov", "value_output", True, "E W_V W_O U, the full OV circuit (source x output logit)"),
-    Site("circuit_ov_embed", "value", True, "E W_V W_O Eᵀ (context x current)"),
-    Site("direct_path", "bigram", True, "E U, the direct path (current x next)"),
+    Site("key_query", "key_query", False, "(A W_Q)(A W_K)ᵀ with A the attention input (query x key)",
+         circuit="qk", left="A", right="A.T", fit=True),
+    Site("key_query_resid", "key_query", False, "(H W_Q)(H W_K)ᵀ with H = resid_pre (THEORY.md §5 to the letter)",
+         circuit="qk", left="H", right="H.T"),
+    Site("circuit_qk", "key_query", True, "E W_Q W_Kᵀ Eᵀ, the full QK circuit (query x key)",
+         circuit="qk", left="E", right="E.T", fit=True),
+    Site("circuit_ov", "value_output", True, "E W_V W_O U, the full OV circuit (source x output logit)",
+         circuit="ov", left="E", right="U", fit=True, extra_targets=("context.T", "bigram")),
+    Site("circuit_ov_embed", "value", True, "E W_V W_O Eᵀ (context x current)",
+         circuit="ov", left="E", right="E.T", fit=True),
+    Site("direct_path", "bigram", True, "E U, the direct path (current x next)", left="E", right="U"),
 )}
+
+
+@dataclass(frozen=True)
+class Lens:
+    """Which d x d matrix of a head a site reads (:mod:`tl_leadterm.analysis.lenses` computes it).
+
+    ``null``: how its chance level is drawn (``"product"``: Gaussian factors of the same inner size;
+    ``"dense"``: a Gaussian d x d matrix); ``residuals``: the k x k residual fit is run under this lens."""
+
+    name: str
+    description: str
+    null: str
+    residuals: bool
+
+
+#: the lenses, one entry each: a new lens is one entry here and its factors in analysis.lenses
+LENSES: dict[str, Lens] = {x.name: x for x in (
+    Lens("weights", "the head's product of weights P_t", "product", True),
+    Lens("update", "P_t - P_ref, the change since a reference checkpoint", "product", True),
+    Lens("gradient", "-dL/dP, the loss gradient with P a free d x d matrix", "dense", False),
+)}
+LENS_NAMES: tuple[str, ...] = tuple(LENSES)
+
+
+def site(name: str) -> Site:
+    """The registry entry of ``name``; an unknown site is a one-line error naming the known ones."""
+    s = SITES.get(str(name))
+    if s is None:
+        raise LeadTermError(f"unknown site {name!r}; choose one of {', '.join(SITES)}")
+    return s
+
+
+def parse_sites(names) -> tuple[str, ...]:
+    """A comma list or sequence of site names, checked against the registry (order of the registry kept)."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    want = {site(n).name for n in names}
+    if not want:
+        raise LeadTermError("{sites} is empty; list sites such as circuit_ov,key_query")
+    return tuple(n for n in SITES if n in want)
+
+
+def target_matrix_name(target: str) -> tuple[str, bool, bool]:
+    """``"model:context.T"`` → ``("context", True, True)``: basis tensor, transposed, read through the model."""
+    through = target.startswith(MODEL_PREFIX)
+    base = target[len(MODEL_PREFIX):] if through else target
+    transposed = base.endswith(".T")
+    base = base[:-2] if transposed else base
+    if base not in MATRIX_NAMES:
+        raise LeadTermError(f"unknown target {target!r}; choose a basis matrix ({', '.join(MATRIX_NAMES)}), "
+                            f"optionally with .T, optionally prefixed {MODEL_PREFIX}")
+    return base, transposed, through
+
 
 #: a head's two circuits and the basis term each one's leading term is: QK (W_Q W_Kᵀ) → Q̄, OV (W_V W_O) → Ḡ
 CIRCUITS: dict[str, str] = {"qk": LEADING["W"].term, "ov": OV_PRODUCT.term}

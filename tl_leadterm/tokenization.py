@@ -7,7 +7,8 @@ Every tokenizer is wrapped in a :class:`Tokenizer` with one small interface
 
 The word-level tokenizer (``"words"``)
 --------------------------------------
-Text is lower-cased; every maximal run of letters (Unicode letters: ``naïve``, ``straße`` and ``книга`` are one token each) is one token and every
+Text is lower-cased and normalised to Unicode NFC (so a word typed with combining accents, NFD, is the same
+token as its precomposed form); every maximal run of letters (Unicode letters: ``naïve``, ``straße`` and ``книга`` are one token each) is one token and every
 other non-space character (digits, punctuation) is a token of its own.  The
 vocabulary is built from the corpus: ids 0 and 1 are ``<|endoftext|>`` and
 ``<unk>``; then every token seen at least ``min_count`` times, most frequent
@@ -22,15 +23,22 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import LeadTermError
+from .params import check
 
 EOS_TEXT = "<|endoftext|>"
 UNK_TEXT = "<unk>"
 _WORD_RE = re.compile(r"[^\W\d_]+|\S")   # a run of (Unicode) letters, or any other non-space character
+
+
+def words_of(text: str) -> list[str]:
+    """The word tokenizer's tokens of ``text``: lower-cased, NFC-normalised, split as the module docstring says."""
+    return _WORD_RE.findall(unicodedata.normalize("NFC", text.lower()))
 
 
 def _fingerprint_vocab(vocab: dict[str, int]) -> str:
@@ -107,7 +115,7 @@ class WordTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         unk = self._index[UNK_TEXT]
-        return [self._index.get(w, unk) for w in _WORD_RE.findall(text.lower())]
+        return [self._index.get(w, unk) for w in words_of(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.token_str(i) for i in ids)
@@ -121,14 +129,14 @@ class WordTokenizer(Tokenizer):
 
     def to_hf(self) -> Any:
         """The same tokenizer as a Hugging Face fast tokenizer: a ``tokenizers`` WordLevel model over this
-        vocabulary, lower-casing, splitting runs of letters and single other characters (same ids, same
+        vocabulary, lower-casing and NFC-normalising, splitting runs of letters and single other characters (same ids, same
         fingerprint), so a model trained with it can be saved and loaded like any Hugging Face model."""
         from tokenizers import Regex, Tokenizer as HFCore, normalizers, pre_tokenizers
         from tokenizers.models import WordLevel
         from transformers import PreTrainedTokenizerFast
 
         core = HFCore(WordLevel(dict(self._index), unk_token=UNK_TEXT))
-        core.normalizer = normalizers.Lowercase()
+        core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.NFC()])
         core.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
             pre_tokenizers.Split(Regex(_WORD_RE.pattern), behavior="isolated"),
@@ -196,13 +204,11 @@ def word_tokenizer_from_vocab(words: Sequence[str], name: str = "words") -> Word
 
 def build_word_tokenizer(texts: Iterable[str], max_size: int | None = None, min_count: int = 1) -> Tokenizer:
     """Build the paper's word-level tokenizer from documents (see module docstring)."""
-    if min_count < 1:
-        raise LeadTermError(f"min_count must be >= 1, got {min_count}")
-    if max_size is not None and max_size < 3:
-        raise LeadTermError(f"the word vocabulary needs room for at least one word besides the 2 specials; got max_size={max_size}")
+    min_count = check("min_count", min_count, key="word_min_count")
+    max_size = check("max_size", max_size, key="word_vocab_size", optional=True)   # room for a word besides the 2 specials
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(_WORD_RE.findall(text.lower()))
+        counts.update(words_of(text))
     ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     words = [EOS_TEXT, UNK_TEXT] + ranked
     if max_size is not None:
@@ -220,15 +226,18 @@ def wrap_hf_tokenizer(tok: Any, name: str) -> HFTokenizer:
 
 def load_hf_tokenizer(spec: str) -> Tokenizer:
     """Load a Hugging Face tokenizer from a hub name, a local directory or a ``tokenizer.json`` file."""
+    from .logs import quiet
+    with quiet("transformers", "huggingface_hub"):   # no retry chatter before our one-line error (levels restored)
+        return _load_hf_tokenizer(spec)
+
+
+def _load_hf_tokenizer(spec: str) -> Tokenizer:
     tried = []
     p = Path(spec)
     try:
         from transformers import AutoTokenizer, PreTrainedTokenizerFast
     except Exception as e:  # pragma: no cover - transformers comes with transformer-lens
         raise LeadTermError(f"cannot import transformers to load tokenizer {spec!r}: {e}") from None
-    import logging
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter before our one-line error
     if p.is_file():
         tried.append(f"tokenizer.json file {p}")
         try:

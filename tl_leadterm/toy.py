@@ -50,6 +50,7 @@ from transformer_lens.hook_points import HookPoint
 from ._version import __version__
 from .corpus import Windows
 from .errors import LeadTermError, require
+from .params import check
 from .io import available_bytes, load_safetensors, save_safetensors_atomic
 
 TOY_FORMAT = "tl_leadterm.toy/1"
@@ -326,7 +327,7 @@ def train_toy(model: ToyTransformer, windows: Windows, *, lr: float, steps: int,
     require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0, f"{{steps}} must be an integer >= 0 (got {steps!r})")
     require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr),
             f"{{lr}} must be a positive number (got {lr!r})")
-    require(isinstance(seed, int), f"{{seed}} must be an integer (got {seed!r})")
+    seed = check("seed", seed)   # an integer in [0, 2**64 - 1], as torch seeds are
     require(windows.vocab_size == model.cfg.d_vocab, f"corpus vocab size {windows.vocab_size} differs from the model's {model.cfg.d_vocab}")
     require(windows.seq_len <= model.cfg.n_ctx, f"corpus windows (T={windows.seq_len}) are longer than the model's context ({model.cfg.n_ctx})")
     require(batch_size is None or batch_size >= 1, f"{{batch_size}} must be >= 1 (got {batch_size})")

@@ -14,7 +14,9 @@ implemented as ``W_Q ← W_Q - c D W_K (W_KᵀW_K)⁺``; for OV ``D_h = D Π_O``
 of ``W_O``), implemented as ``W_V ← W_V - c D W_Oᵀ (W_O W_Oᵀ)⁺``, with
 ``c = <X, D_h>/‖D_h‖²`` and ``X = W_Q W_Kᵀ`` or ``W_V W_O``.  The edit is applied
 through hooks (``hook_q``/``hook_v`` plus ``δ = attn_in @ Δ``), so it works
-identically on HookedTransformer and TransformerBridge.  The random control uses
+identically on HookedTransformer and TransformerBridge; with grouped-query attention, where
+``hook_v`` is shared by the query heads of a group, the OV edit goes to the head's own ``hook_z``
+(:func:`_edit_hooks`).  The random control uses
 ``R Π`` for a Gaussian ``R``, scaled to remove the same Frobenius norm from ``X``.
 """
 
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from ..basis import Basis
 from ..corpus import Windows
 from ..errors import require
+from ..params import check
 from ..models import ModelAdapter, adapt
 from ..theory import CIRCUITS, leading, parse_weight
 from .compat import check_compatible
@@ -71,7 +74,7 @@ def causal_check(adapter_or_model, basis: Basis, tokens, *, seeds: int = 5, site
     ad = adapt(adapter_or_model)
     ad.check_finite()
     check_compatible(ad, basis)
-    require(seeds >= 1, f"seeds must be >= 1 (got {seeds})")
+    seeds = check("seeds", seeds)
     checkpoint = checkpoint or ad.checkpoint
     if ad.token_space:
         return _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress)
@@ -189,20 +192,47 @@ def weight_delta(site: str, Dfull: Tensor, other: Tensor) -> Tensor:
 
 
 def _edit_hooks(ad: ModelAdapter, layer: int, head: int, site: str, Dfull: Tensor, other: Tensor):
-    """Forward hooks that subtract ``attn_in @ Δ`` from head ``head``'s q (qk) or v (ov)."""
+    """Forward hooks that subtract ``attn_in @ Δ`` from head ``head``'s q (qk) or v (ov).
+
+    Grouped-query attention: ``hook_v`` holds one value per key/value head, shared by the
+    ``n_heads // n_key_value_heads`` query heads of its group, so editing it would edit all of
+    them.  There the edit goes to head ``head``'s own output ``z_h = Σ_k pattern[h, q, k] v[k]``
+    instead: ``z_h -= Σ_k pattern[h, q, k] (attn_in[k] @ Δ)``, which is exactly what a private
+    copy of ``W_V`` for that head, minus ``Δ``, gives (the pattern does not depend on ``W_V``).
+    """
     delta = weight_delta(site, Dfull, other).to(ad.device, ad.dtype)   # d_model x d_head
     store = {}
-    in_name = f"blocks.{layer}.ln1.hook_normalized"
+    in_name = ad.act_name("normalized", layer, "ln1")
 
-    def keep(x, hook):
-        store["x"] = x
-        return x
+    def keep(name):
+        def hook(x, hook):
+            store[name] = x
+            return x
+        return hook
 
-    def edit(x, hook):
-        x = x.clone()
-        x[:, :, head, :] -= store["x"] @ delta
-        return x
+    if site == "qk":
+        def edit_q(x, hook):
+            x = x.clone()
+            x[:, :, head, :] -= store["x"] @ delta
+            return x
+        return [(in_name, keep("x")), (ad.act_name("q", layer), edit_q)]
 
-    out_name = f"blocks.{layer}.attn.hook_q" if site == "qk" else f"blocks.{layer}.attn.hook_v"
-    return [(in_name, keep), (out_name, edit)]
+    def edit_v(v, hook):
+        store["grouped"] = v.shape[2] != ad.n_heads          # one v per key/value head: edit z instead
+        if store["grouped"]:
+            return v
+        v = v.clone()
+        v[:, :, head, :] -= store["x"] @ delta
+        return v
 
+    def edit_z(z, hook):
+        if not store.get("grouped"):
+            return z
+        z = z.clone()                                       # z [batch, q, head, d_head]; pattern [batch, head, q, k]
+        z[:, :, head, :] -= torch.einsum("bqk,bke->bqe", store["pattern"][:, head].to(z.dtype), store["x"] @ delta)
+        return z
+
+    hooks = [(in_name, keep("x")), (ad.act_name("v", layer), edit_v)]
+    if ad.n_key_value_heads < ad.n_heads:   # hook_v may be grouped (decided per run from its shape)
+        hooks += [(ad.act_name("pattern", layer), keep("pattern")), (ad.act_name("z", layer), edit_z)]
+    return hooks

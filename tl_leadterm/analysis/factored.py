@@ -17,26 +17,56 @@ from ..errors import require
 
 
 class Factored:
-    """``X = A @ B`` (``A``: ``m x r``, ``B``: ``r x n``), kept factored."""
+    """``X = A @ B`` (``A``: ``[..., m, r]``, ``B``: ``[..., r, n]``), kept factored.
+
+    Leading dimensions are batch (head) dimensions, as in TransformerLens' ``FactoredMatrix``
+    (``model.OV[l]`` is ``[n_heads, d, d]``); ``X[h]`` is one head's matrix.  :meth:`from_any` accepts a
+    ``FactoredMatrix``.
+    """
 
     def __init__(self, A: Tensor, B: Tensor):
-        require(A.dim() == 2 and B.dim() == 2 and A.shape[1] == B.shape[0],
+        require(A.dim() >= 2 and B.dim() >= 2 and A.shape[-1] == B.shape[-2] and A.shape[:-2] == B.shape[:-2],
                 f"factors of shapes {tuple(A.shape)} and {tuple(B.shape)} do not multiply")
         self.A, self.B = A, B
+
+    @classmethod
+    def from_any(cls, X) -> "Factored":
+        """A :class:`Factored`, a TransformerLens ``FactoredMatrix`` (its ``A``, ``B``) or a dense tensor (``X @ I``)."""
+        if isinstance(X, Factored):
+            return X
+        if hasattr(X, "A") and hasattr(X, "B") and isinstance(getattr(X, "A"), Tensor):
+            return cls(X.A, X.B)
+        require(isinstance(X, Tensor) and X.dim() >= 2,
+                f"expected a matrix: a tensor, a TransformerLens FactoredMatrix or a Factored, got {type(X).__name__}")
+        eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device).expand(*X.shape[:-2], -1, -1)
+        return cls(X, eye)
 
     # -- shape and conversions ---------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
-        return self.A.shape[0], self.B.shape[1]
+        """The matrix shape ``(m, n)`` (without the batch dimensions, :attr:`batch_shape`)."""
+        return self.A.shape[-2], self.B.shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.A.shape[:-2])
+
+    def __getitem__(self, i) -> "Factored":
+        require(len(self.batch_shape) > 0, "a 2-D Factored has no heads to index")
+        return Factored(self.A[i], self.B[i])
+
+    def __len__(self) -> int:
+        require(len(self.batch_shape) > 0, "a 2-D Factored has no heads")
+        return self.A.shape[0]
 
     @property
     def rank(self) -> int:
         """The inner dimension r (an upper bound of the rank)."""
-        return self.A.shape[1]
+        return self.A.shape[-1]
 
     @property
     def T(self) -> "Factored":
-        return Factored(self.B.T, self.A.T)
+        return Factored(self.B.transpose(-2, -1), self.A.transpose(-2, -1))
 
     def double(self) -> "Factored":
         return Factored(self.A.double(), self.B.double())
@@ -64,8 +94,9 @@ class Factored:
     __rmul__ = __mul__
 
     def norm(self) -> Tensor:
-        """Frobenius norm from the Gram matrices: ``‖AB‖² = Σ (AᵀA) ∘ (BBᵀ)``."""
-        return torch.sqrt(torch.clamp(((self.A.T @ self.A) * (self.B @ self.B.T)).sum(), min=0.0))
+        """Frobenius norm (per head) from the Gram matrices: ``‖AB‖² = Σ (AᵀA) ∘ (BBᵀ)``."""
+        At, Bt = self.A.transpose(-2, -1), self.B.transpose(-2, -1)
+        return torch.sqrt(torch.clamp(((At @ self.A) * (self.B @ Bt)).sum((-2, -1)), min=0.0))
 
     @classmethod
     def heads(cls, left: Tensor, right: Tensor) -> list["Factored"]:

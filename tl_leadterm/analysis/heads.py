@@ -10,10 +10,11 @@ attention input of layer ``l`` for each basis token run alone, the sites are
 * ``circuit_ov_embed`` ``E W_V^h W_O^h Eᵀ`` against M;
 * ``direct_path`` ``E U`` against B̄ (once per model).
 
-Each head, and the head average ``(1/H) Σ_h`` (``head`` NaN), gives the rows ``coef``,
-``explained``, ``residual_norm``, ``residual_rel_norm``, ``residual_pair`` and ``residual_sv``
+Each head, and the head average ``(1/H) Σ_h`` (``head`` empty), gives per target the rows ``signed_cosine``
+(with its chance level, :mod:`.chance`), ``coef`` and ``explained``, and for the site's own target
+``residual_norm``, ``residual_rel_norm``, ``residual_pair`` and ``residual_sv``
 (``extension=True``: the paper compares real models only by representational similarity).
-With ``dictionary=True`` the atoms are Q̄, Q̄ᵀ, ΣB̄, M, Ḡ, the identity and the all-ones
+With ``dictionary=True`` the atoms are Q̄, Q̄ᵀ, ΣB̄, M, Ḡ, Φ̄ᵀ, B̄, the identity and the all-ones
 matrix instead of the site's own target (the all-ones matrix is constant along rows, so
 modulo row offsets it is zero and gets coefficient 0).
 """
@@ -27,13 +28,14 @@ from torch import Tensor
 from ..basis import Basis
 from ..errors import require
 from ..theory import SITES
+from ..theory import site as theory_site
 from .factored import Factored
 from .residual import Atoms, ResidualFit, fit, pair_detail, sv_detail
 from .table import row
 
-#: the sites fitted per head (``direct_path`` is fitted once per model)
-HEAD_SITES = ("key_query", "circuit_qk", "circuit_ov", "circuit_ov_embed")
-DICTIONARY = ("key_query", "key_query.T", "interchange", "value", "value_output", "identity", "ones")
+#: the sites fitted per head (``direct_path`` is fitted once per model): the registry's ``fit`` sites
+HEAD_SITES = tuple(n for n, s in SITES.items() if s.fit)
+DICTIONARY = ("key_query", "key_query.T", "interchange", "value", "value_output", "context.T", "bigram", "identity", "ones")
 
 
 class AtomCache:
@@ -50,21 +52,24 @@ class AtomCache:
             if self.dictionary:
                 eye = torch.eye(b.k, dtype=torch.float64)
                 mats = dict(zip(DICTIONARY, (b.key_query, b.key_query.T, b.interchange, b.value, b.value_output,
-                                             eye, torch.ones_like(eye))))
+                                             b.context.T, b.bigram, eye, torch.ones_like(eye))))
             else:
-                mats = {target: getattr(b, target)}
+                from .chance import basis_matrix
+                mats = {target: basis_matrix(b, target)}
             self._cache[key] = Atoms.build({n: m.to(self.device, torch.float64) for n, m in mats.items()})
         return self._cache[key]
 
 
-def head_factors(ad, layer: int, site: str, A: Tensor, E: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
-    """``(left, right)`` stacks ``[heads, k, r]``, ``[heads, r, k]`` whose products are the site's head matrices."""
-    f64 = lambda x: x.detach().to(E.device, torch.float64)  # noqa: E731
-    if site in ("key_query", "circuit_qk"):
-        X = A if site == "key_query" else E
-        return X @ f64(ad.W_Q(layer)), (X @ f64(ad.W_K(layer))).transpose(1, 2)
-    WO = f64(ad.W_O(layer))
-    return E @ f64(ad.W_V(layer)), WO @ (U if site == "circuit_ov" else E.T)
+def head_factors(ad, layer: int, site: str, geom, lens: str = "weights", **lens_kw) -> tuple[Tensor, Tensor]:
+    """``(left, right)`` stacks ``[heads, k, r]``, ``[heads, r, k]`` whose products are the site's head matrices
+    ``L M_h N_h R`` (:data:`~tl_leadterm.theory.SITES`, :mod:`.lenses`)."""
+    from .lenses import lens_factors
+
+    s = theory_site(site)
+    require(s.per_head, f"site {site!r} has no per-head matrix; choose one of {', '.join(HEAD_SITES)}")
+    L, R = geom.outer(s, layer)
+    M, N = lens_factors(lens, ad, layer, s.circuit, geom.device, **lens_kw)
+    return L @ M, N @ R
 
 
 def fit_heads(left: Tensor, right: Tensor, atoms: Atoms, **kw) -> tuple[list[ResidualFit], ResidualFit]:
@@ -73,79 +78,95 @@ def fit_heads(left: Tensor, right: Tensor, atoms: Atoms, **kw) -> tuple[list[Res
     return per_head, fit(Factored.head_mean(left, right), atoms, what="head average", **kw)
 
 
-def emit_fit(rows: list[dict], checkpoint, layer, head, site: str, f: ResidualFit, strs: list[str], top: int) -> None:
-    """The rows of one fit (module docstring), in the tidy table's schema."""
+def emit_fit(rows: list[dict], checkpoint, layer, head, site: str, f: ResidualFit, strs: list[str], top: int,
+             *, own: bool = True, **extra) -> None:
+    """The rows of one fit (module docstring), in the tidy table's schema.
+
+    ``own=False`` (a fit on the site's own target whose ``coef``/``explained``/``signed_cosine`` come from
+    :mod:`.chance`): only the residual rows."""
     span = "+".join(f.coef)
-    add = lambda m, v, target="", detail="": rows.append(row(checkpoint, layer, head, site, m, v, target, detail, True))  # noqa: E731
-    for atom, c in f.coef.items():
-        add("coef", c, atom)
-    add("explained", f.explained, span)
+
+    def add(m, v, target="", detail="", **kw):
+        rows.append(row(checkpoint, layer, head, site, m, v, target, detail, True, **extra, **kw))
+
+    if own:
+        for atom, c in f.coef.items():
+            add("coef", c, atom)
+        add("explained", f.explained, span)
     add("residual_norm", f.residual_norm, span)
     add("residual_rel_norm", f.residual_rel_norm, span)
     for i, (v, a, b) in enumerate(f.pairs):
-        add("residual_pair", v, "", pair_detail(i + 1, a, b, strs))
-    for i, (s, u, vv) in enumerate(f.singular):
-        add("residual_sv", s, "", sv_detail(i + 1, u, vv, strs, top))
+        add("residual_pair", v, "", pair_detail(i + 1, a, b, strs), rank=i + 1, row_token=_tok(strs[a]), col_token=_tok(strs[b]))
+    for i, (sv, u, vv) in enumerate(f.singular):
+        add("residual_sv", sv, "", sv_detail(i + 1, u, vv, strs, top), rank=i + 1,
+            row_token=_tok(strs[int(u.abs().argmax())]), col_token=_tok(strs[int(vv.abs().argmax())]))
 
 
-def head_residual_rows(ad, basis: Basis, layer: int, A: Tensor, E: Tensor, U: Tensor, atoms: AtomCache,
-                       checkpoint: str, strs: list[str], top: int = 5, n_singular: int = 3,
-                       sites: tuple[str, ...] = HEAD_SITES) -> list[dict]:
-    """Every head site of one layer (module docstring)."""
-    rows: list[dict] = []
-    for site in sites:
-        left, right = head_factors(ad, layer, site, A, E, U)
-        per_head, mean = fit_heads(left, right, atoms.get(SITES[site].target), top=top, n_singular=n_singular)
-        for h, f in enumerate(per_head):
-            emit_fit(rows, checkpoint, layer, h, site, f, strs, top)
-        emit_fit(rows, checkpoint, layer, None, site, mean, strs, top)
-    return rows
+def _tok(s: str) -> str:
+    """A decoded token for a table cell: printable as it is, else escaped (``\\n``)."""
+    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
 
 
 def direct_path_rows(E: Tensor, U: Tensor, atoms: AtomCache, checkpoint: str, strs: list[str], top: int = 5,
-                     n_singular: int = 3) -> list[dict]:
+                     n_singular: int = 3, own: bool = True, **extra) -> list[dict]:
     rows: list[dict] = []
     f = fit(Factored(E, U), atoms.get(SITES["direct_path"].target), top=top, n_singular=n_singular, what="direct path")
-    emit_fit(rows, checkpoint, None, None, "direct_path", f, strs, top)
+    emit_fit(rows, checkpoint, None, None, "direct_path", f, strs, top, own=own, **extra)
     return rows
 
 
-def rank_heads(df: pd.DataFrame) -> pd.DataFrame:
-    """Heads ranked by the explained fraction per site and checkpoint (most explained first).
+#: a head is above chance when its signed cosine is positive and at or above this percentile of its null
+ABOVE = 0.95
+#: ... and anti-aligned at or below this one
+BELOW = 0.05
 
-    Columns ``checkpoint, site, rank, layer, head, explained, residual_rel_norm, coef`` (``coef``:
-    the coefficient on the site's own target; NaN with a dictionary).
+
+def rank_heads(df: pd.DataFrame) -> pd.DataFrame:
+    """Heads ranked per checkpoint, lens and site by their signed cosine with the site's own target (best first).
+
+    Columns ``checkpoint, lens, site, rank, layer, head, signed_cosine, percentile, null_q95, above_chance,
+    anti_aligned, explained, coef, residual_rel_norm``.  ``above_chance``: percentile >= 0.95 and signed cosine
+    > 0; ``anti_aligned``: percentile <= 0.05 (a negative coefficient is never "explained").  Tables without
+    nulls rank by the signed cosine alone (percentile empty, flags False).
     """
-    per_head = df[df["extension"].astype(bool) & df["head"].notna() & df["site"].isin(HEAD_SITES)]
-    cols = ["checkpoint", "site", "rank", "layer", "head", "explained", "residual_rel_norm", "coef"]
-    if len(per_head) == 0:
+    cols = ["checkpoint", "lens", "site", "rank", "layer", "head", "signed_cosine", "percentile", "null_q95",
+            "above_chance", "anti_aligned", "explained", "coef", "residual_rel_norm"]
+    from .table import normalise
+
+    df = normalise(df)
+    per_head = df[df["head"].notna() & df["site"].isin(HEAD_SITES)
+                  & (df["target"] == df["site"].map(lambda s: SITES[s].target if s in SITES else ""))]
+    keys = ["checkpoint", "lens", "site", "layer", "head"]
+    sc = per_head[per_head["measure"] == "signed_cosine"]
+    if len(sc) == 0:
         return pd.DataFrame(columns=cols)
-    wide = per_head[per_head["measure"].isin(["explained", "residual_rel_norm"])].pivot_table(
-        index=["checkpoint", "site", "layer", "head"], columns="measure", values="value", aggfunc="first").reset_index()
-    own = per_head[(per_head["measure"] == "coef") & (per_head["target"] == per_head["site"].map(lambda s: SITES[s].target))]
-    coef = own.set_index(["checkpoint", "site", "layer", "head"])["value"].rename("coef")
-    wide = wide.join(coef, on=["checkpoint", "site", "layer", "head"])
-    wide = wide.sort_values(["checkpoint", "site", "explained", "layer", "head"], ascending=[True, True, False, True, True],
-                            na_position="last", kind="stable")
-    wide["rank"] = wide.groupby(["checkpoint", "site"]).cumcount() + 1
-    wide.columns.name = None
+    wide = sc[keys + ["value", "percentile", "null_q95"]].rename(columns={"value": "signed_cosine"})
+    for m in ("explained", "coef"):
+        v = per_head[per_head["measure"] == m][keys + ["value"]].rename(columns={"value": m})
+        wide = wide.merge(v, on=keys, how="left")
+    rr = df[df["head"].notna() & (df["measure"] == "residual_rel_norm") & df["site"].isin(HEAD_SITES)]
+    wide = wide.merge(rr[keys + ["value"]].rename(columns={"value": "residual_rel_norm"}).drop_duplicates(keys),
+                      on=keys, how="left")
+    pct = wide["percentile"]
+    wide["above_chance"] = (pct >= ABOVE).fillna(False).astype(bool) & (wide["signed_cosine"] > 0)
+    wide["anti_aligned"] = (pct <= BELOW).fillna(False).astype(bool)
+    wide = wide.sort_values(["checkpoint", "lens", "site", "signed_cosine", "layer", "head"],
+                            ascending=[True, True, True, False, True, True], na_position="last", kind="stable")
+    wide["rank"] = wide.groupby(["checkpoint", "lens", "site"]).cumcount() + 1
     return wide[cols].reset_index(drop=True)
 
 
-def head_matrix(ad, basis: Basis, layer: int, head: int | None, site: str) -> Factored:
+def head_matrix(ad, basis: Basis, layer: int, head: int | None, site: str, *, lens: str = "weights", **lens_kw) -> Factored:
     """One head's (``head=None``: the head average's) token-space matrix at ``site``, factored, in float64."""
     from ..models import adapt
+    from .geometry import Geometry
 
     ad = adapt(ad)
-    require(site in HEAD_SITES, f"unknown site {site!r}; choose one of {', '.join(HEAD_SITES)}")
+    s = theory_site(site)
+    require(s.per_head, f"site {site!r} has no per-head matrix; choose one of {', '.join(HEAD_SITES)}")
     require(0 <= layer < ad.n_layers, f"layer {layer} out of range [0, {ad.n_layers})")
     require(head is None or 0 <= head < ad.n_heads, f"head {head} out of range [0, {ad.n_heads})")
-    dev = torch.device(ad.device)
-    ids = basis.token_ids.to(dev)
-    E = ad.W_E.detach().to(dev, torch.float64)[ids]
-    U = ad.W_U.detach().to(dev, torch.float64)[:, ids]
-    A = ad.token_representations(basis.token_ids)["attn_in"][layer].to(dev, torch.float64) if site == "key_query" else None
-    left, right = head_factors(ad, layer, site, A, E, U)
+    left, right = head_factors(ad, layer, site, Geometry(ad, basis, ad.device), lens, **lens_kw)
     return Factored.head_mean(left, right) if head is None else Factored(left[head], right[head])
 
 

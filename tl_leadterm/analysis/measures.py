@@ -20,7 +20,10 @@ with a warning.
 
 Least-squares projection (:func:`projection`): the minimum-norm coefficients of a matrix
 on the span of a set of atoms, the projection, and the residual "beyond" it; one atom
-gives ``c = <W, B>/‖B‖²``.  Every module that fits a multiple of a leading term uses it.
+gives ``c = <W, B>/‖B‖²`` (the toy weights, fitted as they are).  Modulo row offsets
+(softmax ignores a constant per row): :func:`centre_rows` is the one centring and
+:func:`offset_projection` the dense one-atom fit (attention scales); head matrices use its
+factored form :func:`tl_leadterm.analysis.residual.fit`.
 """
 
 from __future__ import annotations
@@ -52,8 +55,39 @@ def row_normalise(T: Float[Tensor, "k m"]) -> Float[Tensor, "k m"]:
     return T / torch.where(n > 0, n, torch.ones_like(n))
 
 
-def centre_rows(X: Tensor) -> Tensor:
-    return X - X.mean(dim=1, keepdim=True)
+def centre_rows(X: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Each row minus its mean (softmax ignores a constant per row): the one row centring of the package.
+
+    ``mask``: only the entries where it is True count and are kept (e.g. the causal keys of a query); the
+    others become 0."""
+    if mask is None:
+        return X - X.mean(dim=-1, keepdim=True)
+    zero = torch.zeros((), dtype=X.dtype, device=X.device)
+    Xz = torch.where(mask, X, zero)
+    mean = Xz.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(mask, Xz - mean, zero)
+
+
+@dataclass
+class OffsetFit:
+    """``X ≈ c T + b 1ᵀ`` by least squares with a free offset ``b`` per row (:func:`offset_projection`)."""
+
+    coef: float
+    explained: float
+    residual_rel_norm: float
+
+
+def offset_projection(X: Tensor, T: Tensor, mask: Tensor | None = None) -> OffsetFit:
+    """The one-atom projection modulo row offsets, dense: ``c = <X̃, T̃>/‖T̃‖²`` with rows centred
+    (:func:`centre_rows`, over ``mask`` when given), ``explained = <X̃, T̃>²/(‖X̃‖²‖T̃‖²)``, the relative residual
+    ``‖X̃ - c T̃‖/‖X̃‖``.  ``c`` is 0 when ``T̃ = 0``; explained and residual are NaN when ``X̃ = 0``.
+    The factored, blocked version for k x k head matrices is :func:`tl_leadterm.analysis.residual.fit`."""
+    Xc, Tc = centre_rows(X.double(), mask), centre_rows(T.double(), mask)
+    tt, xx, xt = float((Tc * Tc).sum()), float((Xc * Xc).sum()), float((Xc * Tc).sum())
+    c = xt / tt if tt > 0 else 0.0
+    if xx <= 0:
+        return OffsetFit(c, NAN, NAN)
+    return OffsetFit(c, (xt * xt / (tt * xx)) if tt > 0 else 0.0, float(((Xc - c * Tc) ** 2).sum() / xx) ** 0.5)
 
 
 def centre_cols(X: Tensor) -> Tensor:
@@ -218,22 +252,42 @@ class Family:
     def measure(self, X: Factored) -> dict[str, float]:
         """``cov_cosine``, ``cka`` (and ``cosine`` when ``plain``) of ``B_L X B_Rᵀ``, in O(d² r)."""
         ML, MR = X.A.double(), X.B.T.double()
-        tg = self.target
-        LtL = ML.T @ self.LL @ ML
-        # covariance cosine: G = R_cᵀR_c, Y = (I - 11ᵀ/k) Z
-        G = MR.T @ self.RRc @ MR
-        out = {"cov_cosine": _gram_cos((G * (ML.T @ self.ZZc @ ML)).sum(), G, LtL, tg.norm_cov, "cov_cosine")}
-        # CKA: G = RᵀR, L centred over tokens, Y = Z - t1 l̄ᵀ
-        G2 = MR.T @ self.RR @ MR
-        lbar = self.lbar @ ML
-        zt = ML.T @ self.Zt1
-        YY = ML.T @ self.ZZ @ ML - torch.outer(zt, lbar) - torch.outer(lbar, zt) + self.t1t1 * torch.outer(lbar, lbar)
-        out["cka"] = _gram_cos((G2 * YY).sum(), G2, ML.T @ self.LLc @ ML, tg.norm_cka, "cka")
-        if self.plain:
-            n2 = (LtL * G2).sum()
-            out["cosine"] = ratio((ML * (self.P @ MR)).sum(), torch.sqrt(torch.clamp(n2, min=0.0)) * self.Tnorm, "cosine")
-        return out
+        num, den = self._parts(ML[None], MR[None])
+        return {m: ratio(num[m][0], den[m][0], m) for m in num}
 
+    def measure_batch(self, M: Tensor, N: Tensor) -> dict[str, Tensor]:
+        """:meth:`measure` of ``n`` members at once: ``M`` ``[n, d, r]``, ``N`` ``[n, r, d]`` (NaN where undefined)."""
+        num, den = self._parts(M.double(), N.double().transpose(-2, -1))
+        return {m: torch.where(den[m] > 0, num[m] / torch.where(den[m] > 0, den[m], 1.0),
+                               torch.full_like(num[m], float("nan"))) for m in num}
+
+    def _parts(self, ML: Tensor, MR: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Numerators and denominators of the measures for stacks ``ML``, ``MR`` ``[n, d, r]``."""
+        tg = self.target
+        MLt, MRt = ML.transpose(-2, -1), MR.transpose(-2, -1)
+        LtL = MLt @ self.LL @ ML
+
+        def gram_norm(G, A):
+            GA = G @ A
+            return torch.sqrt(torch.clamp((GA * GA.transpose(-2, -1)).sum((-2, -1)), min=0.0))
+
+        # covariance cosine: G = R_cᵀR_c, Y = (I - 11ᵀ/k) Z
+        G = MRt @ self.RRc @ MR
+        num = {"cov_cosine": (G * (MLt @ self.ZZc @ ML)).sum((-2, -1))}
+        den = {"cov_cosine": gram_norm(G, LtL) * tg.norm_cov}
+        # CKA: G = RᵀR, L centred over tokens, Y = Z - t1 l̄ᵀ
+        G2 = MRt @ self.RR @ MR
+        lbar = self.lbar @ ML                                   # [n, r]
+        zt = MLt @ self.Zt1                                     # [n, r]
+        outer = lambda a, b: a[..., :, None] * b[..., None, :]  # noqa: E731
+        YY = MLt @ self.ZZ @ ML - outer(zt, lbar) - outer(lbar, zt) + self.t1t1 * outer(lbar, lbar)
+        num["cka"] = (G2 * YY).sum((-2, -1))
+        den["cka"] = gram_norm(G2, MLt @ self.LLc @ ML) * tg.norm_cka
+        if self.plain:
+            n2 = (LtL * G2).sum((-2, -1))
+            num["cosine"] = (ML * (self.P @ MR)).sum((-2, -1))
+            den["cosine"] = torch.sqrt(torch.clamp(n2, min=0.0)) * self.Tnorm
+        return num, den
 
 
 # ---------------------------------------------------------------------------

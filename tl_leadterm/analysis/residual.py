@@ -32,9 +32,9 @@ from torch import Tensor
 
 from ..errors import require
 from .factored import Factored
-from .measures import ratio
+from .measures import centre_rows, ratio
 
-DENSE_BELOW = 256   # k up to this: dense SVD of the residual (exact); above it, the block power method
+DENSE_BELOW = 256   # k up to this: dense SVD of the residual (exact); above it, block Krylov (_top_singular)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Atoms:
 
     @classmethod
     def build(cls, atoms: dict[str, Tensor]) -> "Atoms":
-        mats = [a.double() - a.double().mean(dim=1, keepdim=True) for a in atoms.values()]
+        mats = [centre_rows(a.double()) for a in atoms.values()]
         scale = torch.stack([m.norm() for m in mats])
         mats = [m / s if s > 0 else m for m, s in zip(mats, scale)]
         gram = torch.stack([torch.stack([(a * b).sum() for b in mats]) for a in mats])
@@ -82,7 +82,7 @@ def fit(X: Factored, atoms: Atoms, *, top: int = 5, n_singular: int = 3, block: 
     require(X.shape == (atoms.k, atoms.k), f"{what} has shape {X.shape}, expected ({atoms.k}, {atoms.k})")
     A = X.A.double()
     Bc = X.B.double()
-    Bc = Bc - Bc.mean(dim=1, keepdim=True)                       # X̃ = A B̃: each row of X centred
+    Bc = centre_rows(Bc)                                          # X̃ = A B̃: each row of X centred
     k = atoms.k
     # pass 1, a block of rows of X̃ at a time: <X̃, Ã_i> and ‖X̃‖² from the entries themselves (a Gram-matrix
     # shortcut would cancel catastrophically when row offsets dominate X)

@@ -20,25 +20,29 @@ All definitions are over the full vocabulary ``V``; a basis keeps the ``k x k``
 sub-block for ``k`` chosen tokens (top-k by frequency or an explicit list, in
 that order) and the full ``p̄``.
 
-One module per job: :mod:`.memory` (how much memory, which mode), :mod:`.passes`
-(the two streaming passes and the compositions; modes and algorithm documented
-there), :mod:`.value` (the :class:`Basis` value and its file), :mod:`.compute`
-(:func:`compute_basis`, :func:`compute_basis_sharded`).
+One module per job: :mod:`.memory` (how much memory, which mode), :mod:`.tokens` (which
+tokens), :mod:`.passes` (the two streaming passes and the compositions; modes and algorithm
+documented there), :mod:`.pipeline` (the one pipeline, frequencies → pass 1 → compositions →
+pass 2 → :class:`Basis`, with a pluggable reduction), :mod:`.value` (the :class:`Basis` value
+and its file), :mod:`.compute` (:func:`compute_basis`, :func:`compute_basis_sharded`: one
+process), :mod:`.distributed` (torchrun ranks: all-reduce) and :mod:`.shards` (shards run as
+separate jobs, merged in two rounds of files).
 """
 
 from ..theory import MATRIX_NAMES, TENSOR_NAMES, leading_coefficient
-from .compute import (
-    assemble, compute_basis, compute_basis_sharded, token_frequencies, top_k_tokens, validate_token_ids,
-)
+from .compute import compute_basis, compute_basis_sharded
 from .memory import AUTO_EXACT_MAX_VOCAB, Mode, available_bytes, choose_mode, estimate_bytes
 from .passes import (
     BasisSpec, Compositions, FirstPassStats, SecondPassStats, compositions, first_pass, second_pass,
 )
+from .pipeline import LocalReduction, Reduction, assemble, run_pipeline
+from .tokens import token_frequencies, top_k_of, top_k_tokens, validate_token_ids
 from .value import BASIS_FORMAT, Basis
 
 __all__ = [
     "MATRIX_NAMES", "TENSOR_NAMES", "leading_coefficient", "assemble", "compute_basis", "compute_basis_sharded",
-    "token_frequencies", "top_k_tokens", "validate_token_ids", "AUTO_EXACT_MAX_VOCAB", "Mode", "available_bytes",
+    "token_frequencies", "top_k_of", "top_k_tokens", "validate_token_ids", "LocalReduction", "Reduction", "run_pipeline",
+    "AUTO_EXACT_MAX_VOCAB", "Mode", "available_bytes",
     "choose_mode", "estimate_bytes", "BasisSpec", "Compositions", "FirstPassStats", "SecondPassStats",
     "compositions", "first_pass", "second_pass", "BASIS_FORMAT", "Basis",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import LeadTermError, require
 from ..io import available_bytes
+from ..params import check
 
 Mode = Literal["auto", "exact", "merge-other"]
 # Peak memory, measured (benchmarks/bench_basis.py): compositions() holds at most 3 dense W x W
@@ -26,8 +27,9 @@ def estimate_bytes(working_size: int, dtype: torch.dtype = torch.float64, k: int
     ``3 W² + 5 k²`` matrix entries plus 512 MB for chunk temporaries: with k = W that is
     8 W², e.g. about 9.1 GB for merge-other at k = 16,384 in float32 (measured peak 8.6 GB).
     """
+    working_size = check("working_size", working_size)
+    k = working_size if k is None else check("k", k)
     itemsize = torch.finfo(dtype).bits // 8
-    k = working_size if k is None else k
     return (_WORKING_MATRICES * working_size * working_size + _OUTPUT_MATRICES * k * k) * itemsize + _FIXED_BYTES
 
 
@@ -51,7 +53,8 @@ AUTO_EXACT_MAX_VOCAB = {"cpu": 8_192, "cuda": 65_536}
 
 def choose_mode(vocab_size: int, k: int, mode: Mode, dtype: torch.dtype, device=None, budget: int | None = None) -> str:
     """Resolve ``auto``; refuse up front what was explicitly asked for and will not fit."""
-    budget = available_bytes(device) if budget is None else budget
+    vocab_size, k = check("vocab_size", vocab_size), check("k", k)
+    budget = available_bytes(device) if budget is None else check("budget", budget)
     exact_need, merge_need = estimate_bytes(vocab_size, dtype, k), estimate_bytes(k + 1, dtype, k)
     dname = str(dtype).replace("torch.", "")
     dev_type = torch.device(device).type if device is not None else "cpu"

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..corpus import Windows
 from ..errors import LeadTermError, require
+from ..params import check
 
 
 @dataclass
@@ -118,6 +119,7 @@ def _chunk_size(T: int, target: int = 1 << 22) -> int:
 
 
 def _iter_chunks(windows: Windows, chunk: int, desc: str, progress: bool):
+    chunk = check("chunk_size", chunk)
     n = windows.n_windows
     bar = tqdm(total=windows.n_positions, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
     for a in range(0, n, chunk):
@@ -178,7 +180,7 @@ def first_pass(windows: Windows, spec: BasisSpec, *, dtype: torch.dtype = torch.
     context = torch.zeros(W * W, dtype=dtype, device=device)
     ti, ji = torch.tril_indices(T, T, device=device)  # the causal pairs (t, j), j <= t
     inv = 1.0 / (ti + 1).to(dtype)                                    # 1/(t+1) per pair
-    for w in _iter_chunks(windows, chunk_size or _chunk_size(T), "basis pass 1/2", progress):
+    for w in _iter_chunks(windows, check("chunk_size", chunk_size, optional=True) or _chunk_size(T), "basis pass 1/2", progress):
         x, y, valid = _prepare(w, spec, device)
         vf = valid.to(dtype)
         counts.index_add_(0, (x * W + y).reshape(-1), vf.reshape(-1))
@@ -291,7 +293,7 @@ def second_pass(windows: Windows, comp: Compositions, *, progress: bool = True, 
     cnt = (torch.arange(T, device=dev) + 1).to(dt)
     inv = 1.0 / cnt[ti]
     delta = ti - ji
-    for w in _iter_chunks(windows, chunk_size or _chunk_size(T), "basis pass 2/2", progress):
+    for w in _iter_chunks(windows, check("chunk_size", chunk_size, optional=True) or _chunk_size(T), "basis pass 2/2", progress):
         x, y, valid = _prepare(w, spec, dev)
         m = Gflat[x[:, ji] * W + y[:, ti]]                            # m[c, (t, j)] = Ḡc[x_j, y_t]
         mean = torch.zeros(x.shape[0], T, dtype=dt, device=dev).index_add_(1, ti, m) / cnt   # mean over j <= t

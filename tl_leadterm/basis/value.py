@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -13,7 +14,9 @@ from torch import Tensor
 
 from .._version import __version__
 from ..errors import LeadTermError, require
-from ..io import load_safetensors, save_safetensors_atomic
+from ..io import resolve_device
+from ..params import check
+from ..tensorfiles import check_tensor_digests, load_safetensors, save_safetensors_atomic, tensor_digests
 from ..tokenization import TOKENIZER_KINDS, record_size
 from ..theory import MATRIX_NAMES, TENSOR_NAMES, leading
 
@@ -152,7 +155,7 @@ class Basis:
         ``sub_block(model.V(l))`` and the like, not with the raw weight.
         """
         term = leading(weight)
-        return term.coefficient(steps, lr) * getattr(self, term.term)
+        return term.coefficient(check("steps", steps), check("lr", lr)) * getattr(self, term.term)
 
     # -- files ---------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
@@ -176,11 +179,19 @@ class Basis:
                 f"a basis is saved in float64 or float32, not {self.bigram.dtype}; convert it with basis.to(dtype=torch.float32)")
         tensors = {name: getattr(self, name) for name in MATRIX_NAMES + ("position",)}
         tensors["token_ids"] = self.token_ids.long()
-        save_safetensors_atomic(path, tensors, self.metadata())
+        meta = self.metadata()
+        meta["tensor_digests"] = tensor_digests(tensors)   # checked on load: swapped/transposed/permuted tensors
+        save_safetensors_atomic(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "Basis":
-        """Read and validate a basis file; any problem is a one-line error."""
+        """Read and validate a basis file; any problem is a one-line error.
+
+        The content digest of every tensor recorded in the metadata (``tensor_digests``) is checked, so tensors
+        that were swapped, transposed or had their token ids permuted are refused; a file written before
+        digests were recorded loads with a warning.  ``device`` is cpu (default) or an available cuda device.
+        """
+        dev = resolve_device(device) if device is not None else None   # before reading: a bad device fails at once
         tensors, meta = load_safetensors(path, "basis file")
         p = str(path)
         require(meta.get("format") == BASIS_FORMAT,
@@ -220,8 +231,14 @@ class Basis:
             require(tensors[name].dtype == dt and dt in (torch.float64, torch.float32),
                     f"basis file {p}: {name} has dtype {tensors[name].dtype}, expected float64 or float32 like bigram; rebuild it")
             require(bool(torch.isfinite(tensors[name]).all()), f"basis file {p}: {name} holds non-finite values; rebuild it")
+        if "tensor_digests" in meta:
+            check_tensor_digests(tensors, meta["tensor_digests"], f"basis file {p}")
+        else:
+            warnings.warn(f"basis file {p} was written before tensor digests were recorded (package version "
+                          f"{meta.get('package_version', '?')}): its tensors cannot be checked against swapping or "
+                          "permutation; rebuild it to add them", stacklevel=2)
         b = cls(**{name: tensors[name] for name in MATRIX_NAMES + ("position", "token_ids")},
                 vocab_size=V, seq_len=T, n_positions=n, mode=meta["mode"], tokenizer_json=tok_json,
                 corpus_fingerprint=meta.get("corpus_fingerprint", ""), corpus_source=meta.get("corpus_source", ""),
                 version=meta.get("package_version", ""))
-        return b.to(device) if device is not None else b
+        return b.to(dev) if dev is not None else b

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import require
+from ..config import BasisConfig, MonitorConfig, TrainConfig, add_arguments, from_args
+from ..errors import LeadTermError, require
 from ..io import OWNS, check_writable_dir, refuse_overwriting_inputs, staged_dir, write_json_atomic
 from .common import add_corpus_args, corpus_from_args, device_arg, dtype_arg, read_token_ids_file
 
@@ -18,15 +18,8 @@ def register(sub) -> None:
                        description="Compute the paper's basis functions and compositions over the k most frequent tokens "
                                    "(or an explicit list) and write them to a safetensors file.")
     add_corpus_args(p)
-    sel = p.add_mutually_exclusive_group(required=True)
-    sel.add_argument("--top-k", type=int, metavar="K", help="use the K most frequent tokens")
-    sel.add_argument("--token-ids", metavar="IDS.json", help="JSON list of token ids, in the order wanted")
-    p.add_argument("--mode", choices=("auto", "exact", "merge-other"), default="auto",
-                   help="exact: products over the full vocabulary; merge-other: tokens outside K share one class-average row "
-                        "(for large vocabularies); auto (default): exact when it fits in memory and |V| <= 8192 (65536 on cuda), "
-                        "else merge-other with a warning")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="accumulation and output precision (default float64)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    add_arguments(p.add_mutually_exclusive_group(required=True), BasisConfig, include=("top_k", "token_ids"))
+    add_arguments(p, BasisConfig, exclude=("top_k", "token_ids"))
     p.add_argument("--out", default=None, metavar="FILE.safetensors", help="output basis file (written atomically)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="compute only shard I of N (0-based; contiguous blocks of windows) for a run without torchrun; "
@@ -54,24 +47,19 @@ def register(sub) -> None:
                        description="Train the attention-only one-hot toy model of THEORY.md §1 from zero with plain gradient descent; "
                                    "writes DIR/toy.safetensors (W_O, W.l, V.l, P.l) and DIR/train.json.")
     add_corpus_args(t)
-    t.add_argument("--layers", type=int, required=True, metavar="L", help="number of attention layers")
-    t.add_argument("--lr", type=float, required=True, metavar="ETA", help="learning rate η")
-    t.add_argument("--steps", type=int, required=True, metavar="S", help="number of gradient steps")
+    add_arguments(t, TrainConfig, include=("layers", "lr", "steps"), required=("layers", "lr", "steps"))
     mode = t.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full-batch", action="store_true", help="full-batch gradient descent (the theory's setting)")
-    mode.add_argument("--batch-size", type=int, metavar="B", help="minibatch SGD with B windows per step")
-    t.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="parameter precision (default float64)")
-    t.add_argument("--device", default=None, help="cpu (default) or cuda")
-    t.add_argument("--seed", type=int, required=True, metavar="N", help="seed for minibatch order")
-    t.add_argument("--log-every", type=int, default=None, metavar="N",
-                   help="every N steps, log similarity to the leading terms to DIR/monitor.jsonl (needs the basis of the corpus; computed once)")
+    add_arguments(mode, TrainConfig, include=("batch_size",))
+    add_arguments(t, TrainConfig, include=("dtype", "device", "seed"), required=("seed",))
+    add_arguments(t, MonitorConfig, include=("every",), defaults={"every": None})   # --log-every: off unless given
     t.add_argument("--out", required=True, metavar="DIR", help="output folder")
     t.set_defaults(func=run_toy_train)
 
 
 def run_basis(args) -> int:
     from ..basis import compute_basis
-    from ..distributed import world
+    from ..basis.distributed import world
 
     require((args.shard is None) == (args.stats_out is None),
             "--shard I/N writes its statistics to --stats-out FILE (give both, or neither)")
@@ -79,26 +67,27 @@ def run_basis(args) -> int:
     out = Path(args.out or args.stats_out)
     require(out.suffix == ".safetensors", f"{'--out' if args.out else '--stats-out'} {out} should end in .safetensors")
     check_writable_dir(out.parent if str(out.parent) else ".")  # created only when the file is written
-    refuse_overwriting_inputs([out], [args.corpus, args.token_ids, args.tokenizer, args.pass2])
-    dtype, device = dtype_arg(args.dtype), device_arg(args.device)
+    refuse_overwriting_inputs([out], [args.source, args.token_ids, args.tokenizer, args.pass2])
+    cfg = from_args(BasisConfig, args)
+    dtype, device = dtype_arg(cfg.dtype), device_arg(cfg.device)
     from ..basis.passes import check_pass_memory
     check_pass_memory(args.seq_len, device)  # before reading the corpus: a T that cannot fit fails at once
     require(args.shard is not None or args.pass2 is None, "--pass2 is round 2 of a sharded run: give --shard I/N as well")
-    token_ids = read_token_ids_file(args.token_ids) if args.token_ids else None
+    token_ids = read_token_ids_file(cfg.token_ids) if cfg.token_ids else None
     if args.shard is not None:
-        return _run_shard(args, out, token_ids, dtype)
+        return _run_shard(args, cfg, out, token_ids, dtype)
     windows = corpus_from_args(args, stream=True)
     _report_dropped(windows)
     t0 = time.perf_counter()
     if world() is not None:
-        from ..distributed import compute_basis_distributed, process_group
+        from ..basis.distributed import compute_basis_distributed, process_group
         with process_group(device) as (rank, size, dev):
-            basis = compute_basis_distributed(windows, top_k=args.top_k, token_ids=token_ids, mode=args.mode, dtype=dtype,
+            basis = compute_basis_distributed(windows, top_k=cfg.top_k, token_ids=token_ids, mode=cfg.mode, dtype=dtype,
                                               device=dev, progress=rank == 0)
         if basis is None:   # ranks other than 0 write nothing
             return 0
     else:
-        basis = compute_basis(windows, top_k=args.top_k, token_ids=token_ids, mode=args.mode, dtype=dtype, device=device)
+        basis = compute_basis(windows, top_k=cfg.top_k, token_ids=token_ids, mode=cfg.mode, dtype=dtype, device=device)
     basis.save(out)
     print(f"basis: k={basis.k} tokens, |V|={basis.vocab_size}, T={basis.seq_len}, n={basis.n_positions} positions, "
           f"mode={basis.mode}, {time.perf_counter() - t0:.1f}s -> {out}")
@@ -111,17 +100,17 @@ def _report_dropped(windows) -> None:
         print(f"note: {dropped:,} tokens in item tails shorter than T+1 are in no window (counted, not used)")
 
 
-def _run_shard(args, out: Path, token_ids, dtype) -> int:
-    from ..shards import parse_shard, shard_pass1, shard_pass2
+def _run_shard(args, cfg: BasisConfig, out: Path, token_ids, dtype) -> int:
+    from ..basis.shards import parse_shard, shard_pass1, shard_pass2
 
     shard = parse_shard(args.shard)
     require(args.pass2 is not None or token_ids is not None,
             "a sharded run needs --token-ids (every shard must count the same tokens); pick them first, e.g. from a "
             "one-process basis of a sample with --top-k")
-    require(args.mode != "auto", "a sharded run needs --mode exact or --mode merge-other (every shard must agree)")
+    require(cfg.mode != "auto", "a sharded run needs {mode} exact or {mode} merge-other (every shard must agree)")
     windows = corpus_from_args(args, stream=True)
     if args.pass2 is None:
-        shard_pass1(windows, token_ids, shard, out, mode=args.mode, dtype=dtype)
+        shard_pass1(windows, token_ids, shard, out, mode=cfg.mode, dtype=dtype)
         print(f"basis shard {shard[0]}/{shard[1]} round 1 (pass-1 statistics) -> {out}")
     else:
         shard_pass2(windows, args.pass2, shard, out)
@@ -130,7 +119,7 @@ def _run_shard(args, out: Path, token_ids, dtype) -> int:
 
 
 def run_merge(args) -> int:
-    from ..shards import merge_pass1, merge_pass2
+    from ..basis.shards import merge_pass1, merge_pass2
 
     out = Path(args.out)
     require(out.suffix == ".safetensors", f"--out {out} should end in .safetensors")
@@ -150,41 +139,49 @@ def run_toy_train(args) -> int:
     from ..toy import ToyConfig, ToyTransformer, train_toy
 
     check_writable_dir(args.out)  # nothing is created until the inputs have been checked
-    refuse_overwriting_inputs([Path(args.out) / n for n in OWNS["toy-train"]], [args.corpus, args.tokenizer])
-    require(args.layers >= 1, f"--layers must be >= 1 (got {args.layers})")
-    require(args.steps >= 0, f"--steps must be >= 0 (got {args.steps})")
-    require(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number (got {args.lr})")
-    require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be >= 1 (got {args.batch_size})")
-    require(args.log_every is None or args.log_every >= 1, f"--log-every must be >= 1 (got {args.log_every})")
-    dtype, device = dtype_arg(args.dtype), device_arg(args.device)
+    refuse_overwriting_inputs([Path(args.out) / n for n in OWNS["toy-train"]], [args.source, args.tokenizer])
+    cfg = from_args(TrainConfig, args)
+    every = from_args(MonitorConfig, args, lr=cfg.lr).every if args.every is not None else None
+    dtype, device = dtype_arg(cfg.dtype), device_arg(cfg.device)
     windows = corpus_from_args(args)
     V = windows.vocab_size
     itemsize = torch.finfo(dtype).bits // 8
-    T, batch = windows.seq_len, min(windows.n_windows, args.batch_size or 512)   # full batch runs 512 windows at a time
-    need = (3 * args.layers + 1) * V * V * itemsize * 3 + batch * T * (T + 2 * V) * itemsize * 4 * args.layers
+    T, batch = windows.seq_len, min(windows.n_windows, cfg.batch_size or 512)   # full batch runs 512 windows at a time
+
+    def need(T, V, layers, batch, itemsize):
+        return (3 * layers + 1) * V * V * itemsize * 3 + batch * T * (T + 2 * V) * itemsize * 4 * layers
+
     from ..basis import available_bytes
-    require(need <= available_bytes(device),
-            f"a toy model with |V|={V}, T={T} and {args.layers} layers needs about {need / 2**30:.1f} GB to train; "
-            "use a smaller --seq-len, --word-vocab-size to shrink the vocabulary, fewer --layers, a smaller --batch-size "
-            "or --dtype float32")
-    with staged_dir(args.out, OWNS["toy-train"], inputs=[args.corpus, args.tokenizer]) as stage:
-        model = ToyTransformer(ToyConfig(V, windows.seq_len, args.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
+    have = available_bytes(device)
+    n = need(T, V, cfg.layers, batch, itemsize)
+    if n > have:   # name only the changes that would make it fit on their own, or else all that shrink it
+        fixes = [fix for fix, m in ((f"--seq-len {max(2, T // 4)} or less", need(max(2, T // 4), V, cfg.layers, batch, itemsize)),
+                                    ("--word-vocab-size to shrink the vocabulary", need(T, min(V, 1024), cfg.layers, batch, itemsize)),
+                                    ("fewer --layers", need(T, V, 1, batch, itemsize)),
+                                    ("a smaller --batch-size", need(T, V, cfg.layers, 1, itemsize)),
+                                    ("--dtype float32", need(T, V, cfg.layers, batch, 4))) if m <= have]
+        raise LeadTermError(f"a toy model with |V|={V}, T={T} and {cfg.layers} layers needs about {n / 2**30:.1f} GB to train "
+                            f"but {have / 2**30:.1f} GB is available; use " + (" or ".join(fixes) if fixes else
+                            "a smaller vocabulary (--word-vocab-size) together with a shorter --seq-len and fewer --layers, "
+                            "or a machine with more memory"))
+    with staged_dir(args.out, OWNS["toy-train"], inputs=[args.source, args.tokenizer]) as stage:
+        model = ToyTransformer(ToyConfig(V, windows.seq_len, cfg.layers, dtype=dtype), tokenizer=windows.tokenizer).to(device)
         monitor = None
-        if args.log_every:
+        if every:
             from ..monitor import toy_monitor_for_cli
-            monitor = toy_monitor_for_cli(model, windows, stage / "monitor.jsonl", every=args.log_every, lr=args.lr,
+            monitor = toy_monitor_for_cli(model, windows, stage / "monitor.jsonl", every=every, lr=cfg.lr,
                                           dtype=dtype, device=device)
         try:
-            res = train_toy(model, windows, lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+            res = train_toy(model, windows, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                             callback=monitor.callback if monitor is not None else None)
         finally:
             if monitor is not None:
                 monitor.close()
-        meta = {"lr": args.lr, "steps": args.steps, "batch_size": args.batch_size or "full", "seed": args.seed,
+        meta = {"lr": cfg.lr, "steps": cfg.steps, "batch_size": cfg.batch_size or "full", "seed": cfg.seed,
                 "corpus_fingerprint": windows.fingerprint, "corpus_source": windows.source, "seq_len": windows.seq_len}
         model.save(stage / "toy.safetensors", **meta)
-        write_json_atomic(stage / "train.json", {**meta, "vocab_size": V, "layers": args.layers, "losses": res.losses})
+        write_json_atomic(stage / "train.json", {**meta, "vocab_size": V, "layers": cfg.layers, "losses": res.losses})
     out = Path(args.out)
     final = f"{res.losses[-1]:.4f}" if res.losses else "n/a"
-    print(f"toy model: |V|={V}, T={windows.seq_len}, L={args.layers}, {args.steps} steps, final loss {final} -> {out / 'toy.safetensors'}")
+    print(f"toy model: |V|={V}, T={windows.seq_len}, L={cfg.layers}, {cfg.steps} steps, final loss {final} -> {out / 'toy.safetensors'}")
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import DemoConfig, add_arguments, comma_list, from_args
+from ..config import tokens as check_tokens
 from ..errors import require
 from ..io import check_writable_dir, staged_dir
-from ..pipeline import DEMO_TEXT, DEMO_TOKENS, DemoConfig
 
 
 def register(sub) -> None:
@@ -14,22 +15,7 @@ def register(sub) -> None:
                        description="Run the whole pipeline on the embedded corpus (builtin:stories): the basis, a toy model "
                                    "trained briefly (logged by the training monitor), the analysis at several checkpoints, "
                                    "attention views, the association explorer, plots, and DIR/report.html.")
-    d.add_argument("--out", required=True, metavar="DIR", help="output folder (report.html, plots/, analysis.csv, ...)")
-    d.add_argument("--seq-len", type=int, default=32, metavar="T", help="window length (default 32)")
-    d.add_argument("--layers", type=int, default=2, metavar="L", help="toy-model layers (default 2)")
-    d.add_argument("--steps", type=int, default=40, metavar="S", help="training steps (default 40)")
-    d.add_argument("--lr", type=float, default=2.0, metavar="ETA", help="learning rate (default 2.0)")
-    d.add_argument("--batch-size", type=int, default=128, metavar="B", help="windows per SGD step (default 128; 0 = full batch)")
-    d.add_argument("--seed", type=int, default=0, metavar="N", help="seed (default 0)")
-    d.add_argument("--text", default=DEMO_TEXT, help="text for the attention views")
-    d.add_argument("--tokens", default=",".join(DEMO_TOKENS), metavar="LIST", help="comma-separated tokens for the explorer (default bird,fish,car)")
-    d.add_argument("--pythia-tokenizer", default=None, metavar="FILE",
-                   help="Pythia tokenizer.json for the Pythia-architecture section (random local model); default: "
-                        "../shared/data/gpt-neox-20b-tokenizer.json beside the checkout, skipped if absent")
-    d.add_argument("--no-pythia", action="store_true", help="skip the Pythia-architecture section")
-    d.add_argument("--neox-steps", type=int, default=64, metavar="S",
-                   help="train a GPT-NeoX (Pythia architecture, word tokenizer) from random init for S steps, checkpoints on "
-                        "Pythia's schedule, and sweep them beyond the leading term (default 64; 0 skips)")
+    add_arguments(d, DemoConfig)
     d.set_defaults(func=run_demo)
 
     r = sub.add_parser("report", help="build the self-contained HTML report from saved results",
@@ -38,7 +24,9 @@ def register(sub) -> None:
                                    "associations.csv, views.json, summary.json). Optionally add live attention views and "
                                    "associations from a model and a basis.")
     r.add_argument("--results", required=True, nargs="+", metavar="DIR", help="results folder(s)")
-    r.add_argument("--out", required=True, metavar="FILE.html", help="output HTML file (plots go to plots/ beside it)")
+    r.add_argument("--out", required=True, metavar="FILE.html",
+                   help="output HTML file, self-contained; its plots also go to NAME_plots/ beside it (e.g. "
+                        "report.html: report_plots/), which the report owns and replaces")
     r.add_argument("--title", default="tl_leadterm report")
     r.add_argument("--model", default=None, metavar="MODEL", help="also show attention views of this model (toy:PATH, local dir, hub name)")
     r.add_argument("--basis", default=None, metavar="FILE", help="basis file for --model / --tokens")
@@ -48,28 +36,45 @@ def register(sub) -> None:
 
 
 def _tokens_list(s: str) -> list[str]:
-    toks = [t.strip() for t in s.split(",") if t.strip()]
-    require(toks, "--tokens must list at least one token, e.g. bird,fish")
-    return toks
+    """``report --tokens``: a comma list of distinct tokens (checked as the demo's ``tokens``)."""
+    toks = comma_list(s)
+    check_tokens("tokens", toks)
+    return list(toks)
 
 
 def run_demo(args) -> int:
     from ..pipeline import run_demo as run
 
-    cfg = DemoConfig(out=args.out, seq_len=args.seq_len, layers=args.layers, steps=args.steps, lr=args.lr,
-                     batch_size=args.batch_size, seed=args.seed, text=args.text, tokens=tuple(_tokens_list(args.tokens)),
-                     pythia_tokenizer=args.pythia_tokenizer, no_pythia=args.no_pythia, neox_steps=args.neox_steps)
-    result = run(cfg)
+    result = run(from_args(DemoConfig, args))
     print(f"report: {result.report}  ({result.seconds}s)")
     return 0
 
 
+def report_outputs(out: str) -> tuple[Path, str, str]:
+    """(folder, file name, plots folder name) of ``report --out``, or a one-line error: it must name an .html file
+    (not a folder, not a device) in a folder that exists or can be created."""
+    p = Path(out)
+    require(not str(out).endswith(("/", "\\")) and not p.is_dir(),
+            f"--out {out} is a folder; give the path of an .html file, e.g. {Path(out) / 'report.html'}")
+    require(p.suffix.lower() in (".html", ".htm") and p.stem not in ("", ".", ".."),
+            f"--out {out} should end in .html, e.g. report.html")
+    require(not p.exists() or p.is_file(), f"--out {out} is a device or other special file; give the path of an .html file")
+    folder = p.parent
+    check_writable_dir(folder)
+    plots = f"{p.stem}_plots"
+    require(not (folder / plots).exists() or (folder / plots).is_dir() and not (folder / plots).is_symlink(),
+            f"{folder / plots} (where the report writes its plots) is a file or a link, not a folder; move it away or "
+            "choose another --out name")
+    return folder, p.name, plots
+
+
 def run_report(args) -> int:
+    from ..report import check_results_dir
+
     out = Path(args.out)
-    require(out.suffix.lower() in (".html", ".htm"), f"--out {out} should end in .html")
-    check_writable_dir(out.parent if str(out.parent) else ".")
+    folder, name, plots = report_outputs(args.out)
     for d in args.results:
-        require(Path(d).is_dir(), f"results folder {d} not found; give a folder written by 'tl-leadterm demo', 'analyze' or 'sweep'")
+        check_results_dir(d)
     require(args.model is None or (args.basis and args.text),
             "--model needs --basis and --text (the attention views compare the model with the basis on that text)")
     require(args.tokens is None or args.basis, "--tokens needs --basis")
@@ -91,8 +96,7 @@ def run_report(args) -> int:
         extra += [("Association explorer", association_view(assoc, t)) for t in dict.fromkeys(assoc["token"])]
     from ..report import build_report
     model_path = args.model[4:] if args.model and args.model.startswith("toy:") else args.model
-    with staged_dir(out.parent if str(out.parent) else ".", {out.name, "plots"},
-                    inputs=[*args.results, args.basis, model_path]) as stage:
-        build_report(args.results, stage / out.name, title=args.title, extra_views=extra)
+    with staged_dir(folder, {name, plots}, inputs=[*args.results, args.basis, model_path], key=name) as stage:
+        build_report(args.results, stage / name, title=args.title, extra_views=extra, plots_dir=stage / plots)
     print(f"report: {out}")
     return 0

@@ -6,8 +6,9 @@ Stable API (used by the analysis, the report and the training monitor)
     ``spec`` is any of
 
     * an already-loaded model: a TL 3.x ``HookedTransformer``, a TL 4.x
-      ``TransformerBridge`` (``enable_compatibility_mode()`` is called if it was not),
-      a :class:`~tl_leadterm.toy.ToyTransformer`, or a :class:`ModelAdapter`;
+      ``TransformerBridge`` (one not in compatibility mode is folded on a copy: the
+      model given is never changed), a :class:`~tl_leadterm.toy.ToyTransformer`, or a
+      :class:`ModelAdapter`;
     * ``"toy:PATH"``: a ``toy.safetensors`` file or a folder holding one;
     * a local Hugging Face model directory (``config.json`` + weights + tokenizer);
     * a hub name such as ``EleutherAI/pythia-70m`` with ``revision="stepN"`` for a
@@ -21,6 +22,9 @@ Stable API (used by the analysis, the report and the training monitor)
 
 ``adapt(model, *, fold=True)`` wraps a model already in memory; a raw Hugging Face
 GPT-NeoX model (e.g. Pythia being trained) becomes an :class:`HFNeoXAdapter`.
+Grouped-query attention: the adapter's ``W_K``/``W_V`` are per query head
+(``n_key_value_heads`` says how many distinct ones there are); hook names come from
+TransformerLens' ``get_act_name`` (``ModelAdapter.act_name``).
 
 One module per job: :mod:`.adapter` (the interface), :mod:`.hf` (raw GPT-NeoX),
 :mod:`.loading` (loading, Pythia revisions), :mod:`.pythia` (Pythia-architecture models offline:

@@ -3,7 +3,7 @@
 ``ModelAdapter`` (same interface for every backend)
     ``kind`` ("hooked" | "bridge" | "toy" | "hf", informative only), ``token_space``, ``folded``, ``model``, ``name``, ``checkpoint``,
     ``tokenizer`` (a :class:`~tl_leadterm.tokenization.Tokenizer` or None),
-    ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``d_vocab``, ``parallel_attn_mlp``;
+    ``n_layers``, ``n_heads``, ``n_key_value_heads``, ``d_model``, ``d_head``, ``d_vocab``, ``parallel_attn_mlp``;
     weights ``W_Q(l)``, ``W_K(l)``, ``W_V(l)`` ``[n_heads, d_model, d_head]``,
     ``W_O(l)`` ``[n_heads, d_head, d_model]``, ``b_Q(l)``, ``b_K(l)``, ``b_V(l)``
     ``[n_heads, d_head]``, ``b_O(l)`` ``[d_model]``, ``W_E`` ``[d_vocab, d_model]``,
@@ -11,7 +11,15 @@
     ``run_with_cache(tokens, names_filter=None)`` → ``(logits, ActivationCache)``
     with TransformerLens hook names; ``run_with_hooks(tokens, fwd_hooks, return_type)``;
     ``loss(tokens)`` (mean next-token loss); ``token_representations(token_ids)``
-    (single-token runs, see below); ``check_finite()``.
+    (single-token runs, see below); ``check_finite()``; ``act_name(name, layer, layer_type)``
+    (TransformerLens' own ``get_act_name``: ``act_name("v", 3)`` is ``"blocks.3.attn.hook_v"``).
+
+Grouped-query attention (``n_key_value_heads < n_heads``): TransformerLens keeps the key and
+value weights (and the ``hook_k`` / ``hook_v`` activations) per key/value head; the adapter's
+``W_K``, ``W_V``, ``b_K``, ``b_V`` are per query head (each key/value head repeated for the
+``n_heads // n_key_value_heads`` query heads that read it, as TransformerLens' 3.x
+``GroupedQueryAttention.W_K`` does), so every head's ``W_Q[h] W_K[h]ᵀ`` and ``W_V[h] W_O[h]``
+is what that head computes.
 
 The toy model carries TransformerLens-style weights itself (:mod:`tl_leadterm.toy`): one
 head per layer, ``d_model = d_head = d_vocab``, ``W_Q W_Kᵀ`` the key-query matrix and
@@ -36,6 +44,8 @@ from torch import Tensor
 
 from ..errors import LeadTermError, require
 
+from transformer_lens.utilities import get_act_name   # TransformerLens 3.9 and 4.x
+
 
 class ModelAdapter:
     """One interface over HookedTransformer, TransformerBridge and the toy model (see module docstring).
@@ -53,6 +63,7 @@ class ModelAdapter:
         self.tokenizer, self.token_space, self.folded = tokenizer, token_space, folded
         c = model.cfg
         self.n_layers, self.n_heads, self.d_model, self.d_head = c.n_layers, c.n_heads, c.d_model, c.d_head
+        self.n_key_value_heads = int(getattr(c, "n_key_value_heads", None) or self.n_heads)
         self.d_vocab = c.d_vocab
         self.parallel_attn_mlp = bool(getattr(c, "parallel_attn_mlp", False))
         require(self.n_layers >= 1 and self.n_heads >= 1,
@@ -61,6 +72,11 @@ class ModelAdapter:
     def __repr__(self) -> str:
         return (f"ModelAdapter({self.kind}, {self.name!r}, checkpoint={self.checkpoint!r}, L={self.n_layers}, "
                 f"H={self.n_heads}, d_model={self.d_model}, d_head={self.d_head}, d_vocab={self.d_vocab})")
+
+    @staticmethod
+    def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+        """A TransformerLens hook name through TransformerLens' ``get_act_name`` (e.g. ``("normalized", 0, "ln1")``)."""
+        return get_act_name(name, layer, layer_type)
 
     # -- weights -----------------------------------------------------------
     def _attn(self, layer: int):
@@ -75,17 +91,28 @@ class ModelAdapter:
         return self._attn(layer).W_Q.detach()
 
     def W_K(self, layer: int) -> Float[Tensor, "n_heads d_model d_head"]:
-        return self._attn(layer).W_K.detach()
+        return self._per_head(self._attn(layer).W_K.detach())
 
     def W_V(self, layer: int) -> Float[Tensor, "n_heads d_model d_head"]:
-        return self._attn(layer).W_V.detach()
+        return self._per_head(self._attn(layer).W_V.detach())
+
+    def _per_head(self, w: Tensor) -> Tensor:
+        """Key/value weights or biases per query head (grouped-query attention: module docstring)."""
+        if w.shape[0] == self.n_heads:
+            return w
+        require(self.n_heads % w.shape[0] == 0,
+                f"{self.name or 'the model'} has {w.shape[0]} key/value heads for {self.n_heads} query heads, which does not "
+                "divide; give a model with standard or grouped-query attention")
+        return w.repeat_interleave(self.n_heads // w.shape[0], dim=0)
 
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         return self._attn(layer).W_O.detach()
 
     def _bias(self, layer: int, name: str, shape) -> Tensor:
         b = getattr(self._attn(layer), name, None)
-        return torch.zeros(shape, dtype=self.dtype) if b is None else b.detach()
+        if b is None:
+            return torch.zeros(shape, dtype=self.dtype)
+        return self._per_head(b.detach()) if name in ("b_K", "b_V") else b.detach()
 
     def b_Q(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
         return self._bias(layer, "b_Q", (self.n_heads, self.d_head))
@@ -167,23 +194,22 @@ class ModelAdapter:
         """
         ids = self._check_ids(token_ids)
         L = self.n_layers
-        names = set()
-        for l in range(L):
-            names |= {f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_post", f"blocks.{l}.hook_attn_out",
-                      f"blocks.{l}.hook_resid_mid", f"blocks.{l}.ln1.hook_normalized"}
+        hook = [{w: self.act_name(w, l) for w in ("resid_pre", "resid_mid", "resid_post", "attn_out")}
+                | {"ln1": self.act_name("normalized", l, "ln1")} for l in range(L)]
+        names = {n for per_layer in hook for n in per_layer.values()}
         out = {key: [[] for _ in range(L)] for key in ("resid_pre", "resid_mid", "resid_post", "attn_in")}
         for a in range(0, ids.numel(), batch_size):
             chunk = ids[a:a + batch_size, None]
             _, cache = self.run_with_cache(chunk, names_filter=lambda n: n in names)
             for l in range(L):
-                pre = cache[f"blocks.{l}.hook_resid_pre"][:, 0]
-                post = cache[f"blocks.{l}.hook_resid_post"][:, 0]
-                mid_name = f"blocks.{l}.hook_resid_mid"
+                pre = cache[hook[l]["resid_pre"]][:, 0]
+                post = cache[hook[l]["resid_post"]][:, 0]
+                mid_name = hook[l]["resid_mid"]
                 if not self.parallel_attn_mlp and mid_name in cache.cache_dict:
                     mid = cache[mid_name][:, 0]
                 else:
-                    mid = pre + cache[f"blocks.{l}.hook_attn_out"][:, 0]
-                ln = f"blocks.{l}.ln1.hook_normalized"
+                    mid = pre + cache[hook[l]["attn_out"]][:, 0]
+                ln = hook[l]["ln1"]
                 ain = cache[ln][:, 0] if ln in cache.cache_dict else pre  # no LayerNorm: W_Q reads the residual
                 for key, v in (("resid_pre", pre), ("resid_mid", mid), ("resid_post", post), ("attn_in", ain)):
                     out[key][l].append(v.detach())

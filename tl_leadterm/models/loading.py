@@ -3,10 +3,15 @@
 ``load_model(spec, revision=None, *, device="cpu", dtype=torch.float32, backend="auto") -> ModelAdapter``
 (see :mod:`tl_leadterm.models`), ``adapt(model)`` for a model already in memory, and the Pythia
 checkpoint names.
+
+Nothing of the caller's is changed: a TransformerBridge the caller booted is folded on a copy
+(:func:`adapt`), and the loaders quiet ``transformers`` / TransformerLens only inside
+:func:`tl_leadterm.logs.quiet` (the levels are restored afterwards).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
@@ -17,6 +22,7 @@ import torch
 
 from ..errors import LeadTermError, require
 from ..io import resolve_device
+from ..logs import get_logger, quiet
 from .adapter import ModelAdapter
 from .hf import HFNeoXAdapter, is_hf_neox
 
@@ -30,6 +36,8 @@ try:
     from transformer_lens import HookedTransformer  # type: ignore
 except Exception:  # pragma: no cover
     HookedTransformer = None  # type: ignore
+
+log = get_logger(__name__)
 
 
 def tl_version() -> str:
@@ -106,10 +114,13 @@ def adapt(model, name: str = "", checkpoint: str = "", *, fold: bool = True) -> 
     """Wrap an already-loaded model (HookedTransformer, TransformerBridge, ToyTransformer, or a
     Hugging Face GPT-NeoX model such as Pythia being trained).
 
-    With ``fold=True`` (the default) a TransformerBridge not yet in compatibility mode is
-    switched to it in place (``enable_compatibility_mode()``: LayerNorm folded into the
-    weights, classic hook names).  ``fold=False`` wraps it as it is: what a training
-    monitor needs, since folding would change the weights being trained.
+    The model given is never changed.  With ``fold=True`` (the default) a TransformerBridge not
+    yet in compatibility mode is copied and the copy switched to it
+    (``enable_compatibility_mode()``: LayerNorm folded into the weights, classic hook names);
+    the adapter's ``model`` is then that copy (the tokenizer is shared), and the caller's bridge
+    keeps its mode, weights and logits.  To avoid the copy's memory, call
+    ``enable_compatibility_mode()`` yourself first.  ``fold=False`` wraps the bridge as it is:
+    what a training monitor needs (it must see the weights being trained).
     """
     if isinstance(model, ModelAdapter):
         return model
@@ -120,9 +131,7 @@ def adapt(model, name: str = "", checkpoint: str = "", *, fold: bool = True) -> 
     name = name or str(getattr(getattr(model, "cfg", None), "model_name", "") or type(model).__name__)
     if HAS_BRIDGE and isinstance(model, TransformerBridge):
         if fold and not getattr(model, "compatibility_mode", False):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.enable_compatibility_mode(disable_warnings=True)
+            model = _folded_copy(model, name)
         return ModelAdapter(model, "bridge", name, checkpoint, tokenizer=_wrap_tokenizer(model, name), folded=_folded(model))
     if (HookedTransformer is not None and isinstance(model, HookedTransformer)) or (
             hasattr(model, "cfg") and hasattr(model, "blocks") and hasattr(model, "run_with_cache")):
@@ -130,6 +139,21 @@ def adapt(model, name: str = "", checkpoint: str = "", *, fold: bool = True) -> 
     raise LeadTermError(f"tl_leadterm supports HookedTransformer, TransformerBridge, ToyTransformer and Hugging Face "
                         f"GPT-NeoX models, not {type(model).__name__}; give one of them, a local model directory, a hub name "
                         "or toy:PATH")
+
+
+def _folded_copy(model, name: str):
+    """A copy of a TransformerBridge in compatibility mode (the original is left as it is)."""
+    log.info("folding a copy of TransformerBridge %s (the model given keeps its mode and weights)", name)
+    memo = {id(t): t for t in (getattr(model, "tokenizer", None),) if t is not None}   # share the tokenizer
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception as e:
+        raise LeadTermError(f"cannot copy TransformerBridge {name} to fold its LayerNorm ({type(e).__name__}); call "
+                            "model.enable_compatibility_mode() yourself first, or pass fold=False") from None
+    with warnings.catch_warnings(), quiet(root=True):
+        warnings.simplefilter("ignore")
+        twin.enable_compatibility_mode(disable_warnings=True)
+    return twin
 
 
 def _load_toy(path: str) -> ModelAdapter:
@@ -142,18 +166,11 @@ def _load_toy(path: str) -> ModelAdapter:
     return adapt(model, f"toy:{path}")
 
 
-def _quiet():
-    import logging
-    for n in ("transformers", "transformer_lens", "root"):
-        logging.getLogger(n).setLevel(logging.ERROR)
-
-
 def _load_hooked(spec: str, revision: str | None, device, dtype) -> Any:
     """TL 3.x HookedTransformer from a local directory or a hub name."""
     import contextlib
     import io
     import transformer_lens.loading_from_pretrained as loading
-    _quiet()
     p = Path(spec)
     if p.is_dir():
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -187,7 +204,6 @@ def _load_hooked(spec: str, revision: str | None, device, dtype) -> Any:
 
 def _load_bridge(spec: str, revision: str | None, device, dtype) -> Any:
     """TL 4.x TransformerBridge from a local directory or a hub name, in compatibility mode."""
-    _quiet()
     p = Path(spec)
     kw = {}
     if not p.is_dir() and revision is not None:
@@ -232,7 +248,9 @@ def load_model(spec, revision: str | None = None, *, device: str | torch.device 
         require((p / "config.json").is_file(), f"{s} has no config.json; give a folder written by save_pretrained, or toy:{s} for a toy model")
     elif revision is not None:
         validate_revision(revision)
-    model = _load_bridge(s, revision, device, dtype) if use_bridge else _load_hooked(s, revision, device, dtype)
+    log.info("loading %s%s with %s", s, "" if revision is None else f" at {revision}", "TransformerBridge" if use_bridge else "HookedTransformer")
+    with quiet(root=True):   # transformers / TransformerLens chatter, for the duration of the load only
+        model = _load_bridge(s, revision, device, dtype) if use_bridge else _load_hooked(s, revision, device, dtype)
     ckpt = "" if revision is None else validate_revision(revision)
     name = str(p.resolve()) if p.is_dir() else s
     return adapt(model, name, ckpt)

@@ -79,16 +79,19 @@ def save_random_pythia(out_dir: str | os.PathLike, tokenizer_file, n_layers: int
 
 def train_pythia(windows: Windows, out_dir: str | os.PathLike, *, steps: int, n_layers: int = 2, d_model: int = 64,
                  n_heads: int = 4, lr: float = 3e-3, batch_size: int = 16, warmup: int = 4, seed: int = 0,
-                 tokenizer=None, progress: bool = True,
+                 tokenizer=None, progress: bool = True, device: str | torch.device = "cpu",
                  callback: Callable[[int, object, float], None] | None = None) -> dict[int, Path]:
     """Train a Pythia-architecture model from random initialisation on ``windows`` (AdamW, as Pythia).
 
     Saves ``out_dir/step{N}`` (model and tokenizer) at Pythia's schedule up to ``steps``
     (:func:`~tl_leadterm.models.loading.pythia_steps`) and returns ``{step: folder}``.
     ``tokenizer`` defaults to the windows' own; ``callback(step, model, loss)`` runs after
-    each optimiser step (e.g. a training monitor).
+    each optimiser step (e.g. a training monitor).  ``device``: where the model trains (``"cuda"``); the
+    checkpoints are saved from there (the same files a CPU run of the same seed writes up to float rounding).
     """
     from transformers import GPTNeoXForCausalLM
+
+    from ..io import resolve_device
 
     require(steps >= 1, f"{{steps}} must be >= 1 (got {steps})")
     tokenizer = tokenizer if tokenizer is not None else windows.tokenizer
@@ -97,7 +100,8 @@ def train_pythia(windows: Windows, out_dir: str | os.PathLike, *, steps: int, n_
     init = save_random_pythia(out / "step0", tokenizer, n_layers=n_layers, d_model=d_model, n_heads=n_heads, seed=seed,
                               vocab_size=windows.vocab_size, n_ctx=max(2048, windows.seq_len + 1))
     saved = {0: init}
-    model = GPTNeoXForCausalLM.from_pretrained(str(init))
+    dev = resolve_device(device)
+    model = GPTNeoXForCausalLM.from_pretrained(str(init)).to(dev)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -110,7 +114,7 @@ def train_pythia(windows: Windows, out_dir: str | os.PathLike, *, steps: int, n_
         w = windows[order[cursor:cursor + batch_size]]
         cursor += batch_size
         labels = w.tokens.masked_fill(_padding(w), -100)
-        loss = model(input_ids=w.tokens, labels=labels).loss
+        loss = model(input_ids=w.tokens.to(dev), labels=labels.to(dev)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

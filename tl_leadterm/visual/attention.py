@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..analysis.measures import offset_projection
 from ..basis import Basis
 from ..errors import require
 from .views import CVView
@@ -67,30 +68,18 @@ def leading_term_scores(basis: Basis, token_ids: Sequence[int] | Tensor) -> Floa
     return L.masked_fill(delta < 0, float("-inf"))
 
 
-def _row_centre(X: Tensor, mask: Tensor) -> Tensor:
-    Xz = torch.where(mask, X, torch.zeros((), dtype=X.dtype))
-    mean = Xz.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-    return torch.where(mask, Xz - mean, torch.zeros((), dtype=X.dtype))
-
-
 def fit_scale(model_scores: Float[Tensor, "q k"], lead_scores: Float[Tensor, "q k"]) -> float:
-    """Least-squares scale with a free offset per query row: ``Σ S̃ L̃ / Σ L̃²`` over causal entries (0 if ``L̃ = 0``)."""
+    """Least-squares scale with a free offset per query row: ``Σ S̃ L̃ / Σ L̃²`` over causal entries (0 if ``L̃ = 0``)
+    (:func:`~tl_leadterm.analysis.measures.offset_projection`)."""
     S, L = model_scores.double(), lead_scores.double()
     require(S.shape == L.shape and S.dim() == 2, f"scores of shapes {tuple(S.shape)} and {tuple(L.shape)} do not match")
-    mask = torch.isfinite(L) & torch.isfinite(S)
-    St, Lt = _row_centre(S, mask), _row_centre(L, mask)
-    den = float((Lt * Lt).sum())
-    return float((St * Lt).sum()) / den if den > 0 else 0.0
+    return offset_projection(S, L, torch.isfinite(L) & torch.isfinite(S)).coef
 
 
 def fit_residual(model_scores: Float[Tensor, "q k"], lead_scores: Float[Tensor, "q k"]) -> float:
     """Relative residual of the fit: ``sqrt(Σ (S̃ - c L̃)² / Σ S̃²)`` (0: the leading term explains the scores; NaN if ``S̃ = 0``)."""
     S, L = model_scores.double(), lead_scores.double()
-    mask = torch.isfinite(L) & torch.isfinite(S)
-    St, Lt = _row_centre(S, mask), _row_centre(L, mask)
-    c = fit_scale(S, L)
-    den = float((St * St).sum())
-    return float(((St - c * Lt) ** 2).sum() / den) ** 0.5 if den > 0 else float("nan")
+    return offset_projection(S, L, torch.isfinite(L) & torch.isfinite(S)).residual_rel_norm
 
 
 def predicted_pattern(lead_scores: Float[Tensor, "q k"], scale: float) -> Float[Tensor, "q k"]:
@@ -137,12 +126,17 @@ class AttentionComparison:
         pats, names = [], []
         for h in range(self.n_heads):
             pats += [self.model_pattern[layer, h], self.predicted_pattern[layer, h]]
-            names += [f"L{layer}H{h} model",
-                      f"L{layer}H{h} leading term (c={float(self.scale[layer, h]):.3g}, r={float(self.fit_residual[layer, h]):.2f})"]
+            c = float(self.scale[layer, h])
+            what = "leading term" if c > 0 else ("anti-aligned with the leading term" if c < 0 else "no leading-term signal")
+            names += [f"L{layer}H{h} model (TV to uniform {float(self.uniform_tv[layer, h]):.3f})",
+                      f"L{layer}H{h} {what} (c={c:.3g}, r={float(self.fit_residual[layer, h]):.2f}, "
+                      f"TV to model {float(self.pattern_tv[layer, h]):.3f})"]
         outside = int((~self.in_basis).sum())
         cap = (f"{self.model_name}, layer {layer}: model attention next to softmax(c·(Q̄[query,key] + p̄[offset])), "
                f"c fitted per head by least squares to the model's scores; r = relative residual of that fit "
-               f"(0: the leading term explains the scores, 1: nothing).")
+               f"(0: the leading term explains the scores, 1: nothing). c < 0 means the model's scores run against the "
+               f"leading term (anti-aligned), never that it explains them. TV: mean total-variation distance between "
+               f"patterns; the model's distance to uniform attention says how much any prediction could differ.")
         if outside:
             cap += f" {outside} token(s) marked {OUTSIDE_MARK} are outside the basis vocabulary (p̄ term only)."
         return CVView("AttentionHeads", {"attention": torch.stack(pats).float().numpy().round(5),
@@ -152,12 +146,29 @@ class AttentionComparison:
     def views(self) -> list[CVView]:
         return [self.view(l) for l in range(self.n_layers)]
 
+    @property
+    def pattern_tv(self) -> Tensor:
+        """``[layer, head]`` mean total-variation distance between the model's and the predicted pattern."""
+        return 0.5 * (self.model_pattern.double() - self.predicted_pattern.double()).abs().sum(-1).mean(-1)
+
+    @property
+    def uniform_tv(self) -> Tensor:
+        """``[layer, head]`` mean total-variation distance between the model's pattern and uniform causal attention
+        (a small value: the attention is near uniform, so no prediction can differ much from it)."""
+        n = self.model_pattern.shape[-1]
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+        uni = mask.double() / mask.sum(-1, keepdim=True)
+        return 0.5 * (self.model_pattern.double() - uni).abs().sum(-1).mean(-1)
+
     def scale_table(self):
-        """A DataFrame ``model, layer, head, scale, fit_residual, pattern_tv`` (mean total-variation distance model vs prediction)."""
+        """A DataFrame ``model, layer, head, scale, aligned, fit_residual, pattern_tv, uniform_tv``: ``aligned`` is
+        ``aligned`` (c > 0), ``anti-aligned`` (c < 0) or ``none``; ``pattern_tv`` the mean total-variation distance
+        model vs prediction, ``uniform_tv`` model vs uniform attention (read ``pattern_tv`` against it)."""
         import pandas as pd
-        tv = 0.5 * (self.model_pattern.double() - self.predicted_pattern.double()).abs().sum(-1).mean(-1)
-        rows = [{"model": self.model_name, "layer": l, "head": h, "scale": float(self.scale[l, h]), "fit_residual": float(self.fit_residual[l, h]),
-                 "pattern_tv": float(tv[l, h])}
+        tv, utv = self.pattern_tv, self.uniform_tv
+        rows = [{"model": self.model_name, "layer": l, "head": h, "scale": float(self.scale[l, h]),
+                 "aligned": "aligned" if self.scale[l, h] > 0 else ("anti-aligned" if self.scale[l, h] < 0 else "none"),
+                 "fit_residual": float(self.fit_residual[l, h]), "pattern_tv": float(tv[l, h]), "uniform_tv": float(utv[l, h])}
                 for l in range(self.n_layers) for h in range(self.n_heads)]
         return pd.DataFrame(rows)
 
@@ -193,14 +204,14 @@ def compare_attention(model, basis: Basis, text: str | Sequence[int] | Tensor, *
     require(max(ids) < ad.d_vocab and min(ids) >= 0, f"token ids must be in [0, {ad.d_vocab})")
     tokens = torch.tensor([ids], dtype=torch.long)
     L, H = ad.n_layers, ad.n_heads
-    names = {f"blocks.{l}.attn.hook_{w}" for l in range(L) for w in ("pattern", "attn_scores")}
+    names = {ad.act_name(w, l) for l in range(L) for w in ("pattern", "attn_scores")}
     _, cache = ad.run_with_cache(tokens, names_filter=lambda n: n in names)
     lead = leading_term_scores(basis, ids)
     pats, preds, scales = [], [], torch.zeros(L, H, dtype=torch.float64)
     resid = torch.zeros(L, H, dtype=torch.float64)
     for l in range(L):
-        pat = cache[f"blocks.{l}.attn.hook_pattern"][0].detach().double().cpu()      # [head, q, k]
-        key = f"blocks.{l}.attn.hook_attn_scores"
+        pat = cache[ad.act_name("pattern", l)][0].detach().double().cpu()      # [head, q, k]
+        key = ad.act_name("attn_scores", l)
         scores = cache[key][0].detach().double().cpu() if key in cache.cache_dict else None
         if scores is None or not bool(torch.isfinite(scores.diagonal(dim1=-2, dim2=-1)).all()):
             scores = pat.clamp(min=1e-300).log()

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..analysis.measures import projection
+from ..analysis.measures import centre_rows, projection
 from ..basis import Basis
 from ..errors import LeadTermError, require
 from ..theory import MATRIX_NAMES, TERMS, leading
@@ -51,7 +51,9 @@ def association_sources(basis: Basis, model=None) -> dict[str, tuple]:
     out: dict[str, tuple] = {}
     for name in MATRIX_NAMES:
         t = TERMS[name]
-        out[t.symbol] = (getattr(basis, name).double().cpu(), f"{name}: token as {t.rows} → {t.columns} tokens")
+        note = (" (pairs never seen, which tie at the centring constant −P(token)/|V|, are left out)"
+                if name == "bigram" else "")
+        out[t.symbol] = (getattr(basis, name).double().cpu(), f"{name}: token as {t.rows} → {t.columns} tokens{note}")
     if model is None:
         return out
     from ..analysis.compat import check_compatible
@@ -95,7 +97,7 @@ def _circuit_sources(ad, basis: Basis) -> dict[str, tuple]:
             c = fit(X, atoms, top=1, n_singular=0, what=f"layer {l} {site}").coef[target]
             T = getattr(basis, target).to(X.A.device, torch.float64)
             t = TERMS[target]
-            A, B = X.A, X.B - X.B.mean(dim=1, keepdim=True)
+            A, B = X.A, centre_rows(X.B)
             out[f"learned {site} L{l}"] = (lambda i, A=A, B=X.B: (A[i] @ B).cpu(),
                                            f"{site} of layer {l}, head average (compare {t.symbol}): row = {t.rows}, columns = {t.columns}")
             out[f"residual {site} L{l}"] = (lambda i, A=A, B=B, c=c, T=T: (A[i] @ B - c * (T[i] - T[i].mean())).cpu(),
@@ -109,7 +111,8 @@ def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: 
 
     Sources: B̄, Φ̄, ΣB̄, M, Ḡ, Q̄ and, with a ``model``, what it learned and the residual beyond the
     leading term (ranked by ``|value|``; the others by value): for the toy model its weights, for any
-    other model each layer's head-averaged OV and QK circuits on the basis tokens.
+    other model each layer's head-averaged OV and QK circuits on the basis tokens.  B̄'s pairs never seen
+    tie at its centring constant −P(token)/|V|; they are dropped, not shown as negative associates.
     """
     import pandas as pd
 
@@ -122,11 +125,21 @@ def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: 
         for src, (A, desc) in srcs.items():
             row = A(i) if callable(A) else A[i]
             key = row.abs() if src.startswith("residual") else row
-            order = torch.sort(-key, stable=True).indices[: min(top, row.numel())]
+            order = torch.sort(-key, stable=True).indices
+            if src == TERMS["bigram"].symbol:
+                order = order[_seen(row)[order]]
+            order = order[: min(top, order.numel())]
             for rank, j in enumerate(order.tolist(), 1):
                 rows.append({"token": strs[i], "source": src, "rank": rank, "associate": strs[j],
                              "value": float(row[j]), "description": desc})
     return pd.DataFrame(rows, columns=["token", "source", "rank", "associate", "value", "description"])
+
+
+def _seen(row: Tensor) -> Tensor:
+    """B̄[a, b] = P(a, b) − P(a)/|V|: every pair never seen ties at the row's centring constant −P(a)/|V| (its
+    minimum). Those ties are not associations: mask them (when two or more entries tie at the minimum)."""
+    at_min = row == row.min()
+    return ~at_min if int(at_min.sum()) >= 2 else torch.ones_like(at_min)
 
 
 def association_table(df, token: str):
