@@ -239,6 +239,13 @@ def edited_weight(attn, pname: str, h: int, delta):
             param.copy_(orig)
 
 
+def _edit_of_head(ad, basis, reps, site, h):
+    """Layer 1 head ``h``'s matrix ``X[h]``, its edit direction ``D Π_h`` and the coefficient of the leading-term edit."""
+    X, P, D = head_edit_directions(ad, basis, 1, reps["attn_in"][1], site)
+    Dh = D @ P[h]
+    return X, Dh, D, float((X[h] * Dh).sum() / (Dh * Dh).sum())
+
+
 def test_hook_edit_equals_weight_edit(adapter, pythia_basis):
     """On the installed TransformerLens (HookedTransformer on 3.x, TransformerBridge on 4.x): the edit hooks give
     the loss of editing W_Q / W_V in the model's own weights, and they remove exactly c·D_h from the head matrix."""
@@ -247,10 +254,8 @@ def test_hook_edit_equals_weight_edit(adapter, pythia_basis):
     reps = adapter.token_representations(basis.token_ids)
     base = adapter.loss(toks)
     for site, pname, other_fn in (("qk", "W_Q", adapter.W_K), ("ov", "W_V", adapter.W_O)):
-        X, P, D = head_edit_directions(adapter, basis, 1, reps["attn_in"][1], site)
         h = 2
-        Dh = D @ P[h]
-        c = float((X[h] * Dh).sum() / (Dh * Dh).sum())
+        X, Dh, D, c = _edit_of_head(adapter, basis, reps, site, h)
         other = other_fn(1)[h]
         via_hooks = adapter.loss(toks, _edit_hooks(adapter, 1, h, site, c * D, other))
         delta = weight_delta(site, c * D, other)
@@ -280,10 +285,8 @@ def test_backends_agree(adapter, tiny_pythia_dir, pythia_basis):
     reps = hooked.token_representations(basis.token_ids)
     bridge = load_model(tiny_pythia_dir, backend="bridge")
     for site, pname, other_fn in (("qk", "W_Q", hooked.W_K), ("ov", "W_V", hooked.W_O)):
-        X, P, D = head_edit_directions(hooked, basis, 1, reps["attn_in"][1], site)
         h = 2
-        Dh = D @ P[h]
-        c = float((X[h] * Dh).sum() / (Dh * Dh).sum())
+        X, Dh, D, c = _edit_of_head(hooked, basis, reps, site, h)
         other = other_fn(1)[h]
         via_bridge = bridge.loss(toks, _edit_hooks(bridge, 1, h, site, c * D, other))
         with edited_weight(hooked.model.blocks[1].attn, pname, h, weight_delta(site, c * D, other)):

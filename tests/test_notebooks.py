@@ -1,5 +1,6 @@
 """The demo notebooks run top to bottom (small settings) with nbclient."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -9,6 +10,23 @@ DEMOS = Path(__file__).resolve().parents[1] / "demos"
 NOTEBOOKS = sorted(DEMOS.glob("*.ipynb"))
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NEEDS_DATA: set[str] = set()  # every notebook runs from the installed package alone
+
+
+@contextlib.contextmanager
+def small_offline_env():
+    """The notebooks' small, offline settings in the environment for the block (restored afterwards)."""
+    env = {"TL_LEADTERM_NB_SMALL": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TQDM_DISABLE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_notebooks_present():
@@ -24,20 +42,10 @@ def test_notebook_runs(path):
         pytest.skip("../shared/data is not present")
     nb = nbformat.read(str(path), as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    env = {"TL_LEADTERM_NB_SMALL": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TQDM_DISABLE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with small_offline_env():
         # kernel "python3" resolves to the running interpreter (ipykernel's native kernel spec)
         client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(DEMOS)}})
         client.execute()  # each cell has nbclient's timeout
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 
@@ -48,18 +56,8 @@ def test_pythia_notebook_runs_outside_a_checkout(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(str(DEMOS / "pythia_analysis.ipynb"), as_version=4)
-    env = {"TL_LEADTERM_NB_SMALL": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TQDM_DISABLE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with small_offline_env():
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
         client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "data folder: None" in text and "local GPT-NeoX trajectory" in text and "[update / circuit_ov]" in text

@@ -107,14 +107,6 @@ def _tok(s: str) -> str:
     return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
 
 
-def direct_path_rows(E: Tensor, U: Tensor, atoms: AtomCache, checkpoint: str, strs: list[str], top: int = 5,
-                     n_singular: int = 3, own: bool = True, **extra) -> list[dict]:
-    rows: list[dict] = []
-    f = fit(Factored(E, U), atoms.get(SITES["direct_path"].target), top=top, n_singular=n_singular, what="direct path")
-    emit_fit(rows, checkpoint, None, None, "direct_path", f, strs, top, own=own, **extra)
-    return rows
-
-
 #: a head is above chance when its signed cosine is positive and at or above this percentile of its null
 ABOVE = 0.95
 #: ... and anti-aligned at or below this one
