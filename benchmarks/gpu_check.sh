@@ -44,7 +44,7 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # find_spec only (no import: a second's check, not the ten of importing TransformerLens)
 probe='import importlib.util as u, sys
-need = ["torch", "numpy", "transformers", "tokenizers", "safetensors", "pandas", "scipy", "einops", "jaxtyping", "tqdm",
+need = ["torch", "numpy", "transformers", "tokenizers", "safetensors", "pandas", "einops", "jaxtyping", "tqdm",
         "transformer_lens", "datasets", "dill", "multiprocess", "beartype", "fancy_einsum", "typeguard", "tl_leadterm"]
 miss = [m for m in need if u.find_spec(m) is None]
 sys.exit("missing modules: " + ", ".join(miss) if miss else 0)'
