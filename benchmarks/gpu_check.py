@@ -49,9 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("basis", "torchrun", "analysis", "monitor")
 #: share of the total budget each section may take (of what is left when it starts, at most)
 SHARES = {"basis": 0.25, "torchrun": 0.15, "analysis": 0.5, "monitor": 0.1}
-#: k x k float64 matrices at the peak of analyze_model(lens="weights,update,gradient"), a conservative figure from
-#: peak RSS on the CPU at k = 2,048 (about 0.65 GiB above the k = 64 run, 20 x 32 MiB); a CUDA OOM moves down the ladder
-KK_MATRICES = 20
+#: k x k float64 matrices at the peak of analyze_model(lens="weights,update,gradient"), the float32 basis included
+#: (6 x 0.5): peak RSS of Targets + the three lenses on the CPU at k = 2,048 with freed memory returned at once
+#: (MALLOC_MMAP_THRESHOLD_=131072) is 8.3 (13.4 at k = 1,024, where a residual block of 1,024 rows is all of k); it
+#: was 16.3 (and KK_MATRICES 20) while each prepared target kept T and Tn in float64.  A CUDA OOM moves down the ladder
+KK_MATRICES = 12
 
 FULL = dict(device="cuda", vocab=50304, seq_len=128, tokens=1_000_000, basis_runs="4096:merge-other,50304:auto",
             torchrun_k=4096, torchrun_mode="merge-other", analysis_k="50304,32768,24576,16384,8192,4096",

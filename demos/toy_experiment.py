@@ -56,17 +56,25 @@ def plot(df, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tl_leadterm.theory import parse_key
+
+    def key(col):   # the key scheme (W_O, V/L0; a CSV of an earlier release has V.0)
+        try:
+            return parse_key(col)
+        except Exception:
+            return None
+
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharey=True)
     groups = [("W_O", "W_O ↔ B̄"), ("V", "V ↔ M"), ("W", "W ↔ Q̄"), ("P", "P ↔ p̄")]
     for ax, (base, label) in zip(axes, groups):
-        for col in [c for c in df.columns if c == base or c.startswith(base + ".")]:
-            ax.plot(df["epoch"], df[col], marker=".", label=f"layer {col.split('.')[1]}" if "." in col else col)
+        for col in [c for c in df.columns if key(c) is not None and key(c).site == base]:
+            ax.plot(df["epoch"], df[col], marker=".", label=col if key(col).layer is None else f"layer {key(col).layer}")
         ax.axhline(0.7, color="grey", lw=0.8, ls="--")
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("cosine with leading term")
-    sims = df[[c for c in df.columns if c.split(".")[0] in ("W_O", "V", "W", "P")]]
+    sims = df[[c for c in df.columns if key(c) is not None and key(c).site in ("W_O", "V", "W", "P")]]
     axes[0].set_ylim(min(-0.05, float(sims.min().min()) - 0.05), 1.02)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -35,7 +35,7 @@ def test_toy_experiment_small_writes_its_outputs(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "monitor.jsonl").read_text().splitlines()]
     spe = s["settings"]["steps_per_epoch"]
     assert [r["step"] for r in recs] == [0, spe, 2 * spe]
-    assert set(recs[-1]["similarity"]) == {f"{w}.{l}" for w in "WVP" for l in range(3)} | {"W_O"}
+    assert set(recs[-1]["similarity"]) == {f"{w}/L{l}" for w in "WVP" for l in range(3)} | {"W_O"}
     csv = (tmp_path / "similarity.csv").read_text().splitlines()
     assert csv[0].startswith("epoch,step,loss,W_O") and len(csv) == 4
     assert (tmp_path / "similarity.png").stat().st_size > 1000

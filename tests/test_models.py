@@ -205,9 +205,15 @@ def test_causal_check_real_model(adapter, pythia_basis):
     toks = w.tokens[:4]
     base = adapter.loss(toks)
     df = causal_check(adapter, basis, toks, seeds=2, layers=[1], heads=[0, 3], progress=False)
-    assert set(df.site) == {"qk", "ov"} and set(df["head"]) == {0.0, 3.0}
+    assert set(df.site) == {"key_query", "attn_ov"} and set(df["head"]) == {0.0, 3.0}   # the registry's site names
     assert df.value.notna().all()
     assert adapter.loss(toks) == base  # nothing left behind
+    with pytest.warns(DeprecationWarning, match="attn_ov"):   # the circuit names of earlier releases still work
+        old = causal_check(adapter, basis, toks, seeds=2, layers=[1], heads=[0], sites=["ov"], progress=False)
+    new = df[(df.site == "attn_ov") & (df["head"] == 0)]
+    assert set(old.site) == {"attn_ov"} and old.value.tolist() == new.value.tolist()
+    with pytest.raises(LeadTermError, match="unknown causal-check site 'resid_pre'"):
+        causal_check(adapter, basis, toks, seeds=1, sites=["resid_pre"], progress=False)
     rn = df[(df.measure == "removed_norm")].value
     assert (rn > 0).all()
 

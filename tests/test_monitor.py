@@ -13,6 +13,7 @@ from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import leading_coefficient
 from tl_leadterm.monitor import (LeadTermTrainerCallback, TrainingMonitor, covariance_similarity, read_records,
                                  records_frame)
+from tl_leadterm.theory import measure_key
 from tl_leadterm.toy import ToyConfig, ToyTransformer, train_toy
 
 
@@ -41,19 +42,25 @@ def test_toy_records_equal_direct_computation(corpus, sub_basis, tmp_path):
     ids = [7, 2, 5, 0, 9]
     terms = {"W_O": sub_basis.bigram, "V": sub_basis.value, "W": sub_basis.key_query}
     for name, w in model.weights().items():
-        base = name.split(".")[0]
+        base, _, layer = name.partition(".")
+        key = base if not layer else f"{base}/L{layer}"          # the key scheme: site/L<layer>
         if base == "P":
             A, B = w.detach()[:T], sub_basis.position
         else:
             A = torch.stack([torch.stack([w.detach()[i, j] for j in ids]) for i in ids])  # explicit sub-block
             B = terms[base]
+        A, B = A.double(), B.double()
+        if base != "V":   # a constant per row is invisible to the output (softmax follows): rows centred
+            A, B = A - A.mean(-1, keepdim=True), B - B.mean(-1, keepdim=True)
         cos = direct_cos(A, B)
-        assert r["similarity"][name] == pytest.approx(cos, abs=1e-12)
-        assert r["explained"][name] == pytest.approx(cos * cos, abs=1e-12)
+        assert r["similarity"][key] == pytest.approx(cos, abs=1e-12)
+        assert r["explained"][key] == pytest.approx(cos * cos, abs=1e-12)
         c = float((A * B).sum() / (B * B).sum())
-        assert r["residual_norm"][name] == pytest.approx(float((A - c * B).norm()), rel=1e-9, abs=1e-300)
-        assert r["coefficient_ratio"][name] == pytest.approx(c / leading_coefficient(base, 9, 0.05), rel=1e-9)
-    assert set(r["similarity"]) == {"W_O", "W.0", "V.0", "P.0", "W.1", "V.1", "P.1"}
+        assert r["residual_norm"][key] == pytest.approx(float((A - c * B).norm()), rel=1e-9, abs=1e-300)
+        assert r["coefficient_ratio"][key] == pytest.approx(c / leading_coefficient(base, 9, 0.05), rel=1e-9)
+    assert set(r["similarity"]) == {"W_O", "W/L0", "V/L0", "P/L0", "W/L1", "V/L1", "P/L1"}
+    with pytest.warns(DeprecationWarning, match="V/L1"):      # the keys of earlier releases still read
+        assert mon.records[-1]["similarity"]["V.1"] == r["similarity"]["V/L1"]
     assert r["loss"] is not None and r["kind"] == "toy"
 
 
@@ -67,7 +74,7 @@ def test_leading_terms_dominate_early_full_batch(corpus, full_basis, sub_basis):
         # W_O = η B̄ exactly after one step; W and P are still zero (undefined cosine)
         assert first["similarity"]["W_O"] == pytest.approx(1.0, abs=1e-12)
         assert first["coefficient_ratio"]["W_O"] == pytest.approx(1.0, abs=1e-9)
-        assert first["similarity"]["W.0"] is None and first["similarity"]["P.1"] is None
+        assert first["similarity"]["W/L0"] is None and first["similarity"]["P/L1"] is None
         for name, s in last["similarity"].items():
             assert s > 0.9999, (name, s)
             assert last["coefficient_ratio"][name] == pytest.approx(1.0, abs=5e-3), name
@@ -163,7 +170,7 @@ def test_cli_log_every_writes_monitor_jsonl(tmp_path):
     lines = (out / "monitor.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     assert [r["step"] for r in recs] == [3, 6]
-    assert set(recs[0]["similarity"]) == {"W_O", "W.0", "V.0", "P.0"}
+    assert set(recs[0]["similarity"]) == {"W_O", "W/L0", "V/L0", "P/L0"}
     assert recs[0]["similarity"]["W_O"] > 0.5
 
 
@@ -205,12 +212,16 @@ def _check_real_record(model, basis, wq, wk, reps):
     L = wq.shape[0]
     for l in range(L):
         h = reps[l].double()
-        assert rec["similarity"][f"resid.{l}"] == pytest.approx(direct_cov_similarity(h, basis.value), abs=1e-9)
+        assert rec["similarity"][f"resid_pre/L{l}"] == pytest.approx(direct_cov_similarity(h, basis.value), abs=1e-9)
         heads = [h @ wq[l, i].double() @ wk[l, i].double().T @ h.T for i in range(wq.shape[1])]
-        assert rec["similarity"][f"qk.{l}.1"] == pytest.approx(direct_cov_similarity(heads[1], basis.key_query), abs=1e-9)
+        assert rec["similarity"][f"key_query_resid/L{l}/H1"] == pytest.approx(direct_cov_similarity(heads[1], basis.key_query),
+                                                                             abs=1e-9)
         avg = sum(heads) / len(heads)
-        assert rec["similarity"][f"qk.{l}"] == pytest.approx(direct_cov_similarity(avg, basis.key_query), abs=1e-9)
-        assert rec["explained"][f"qk.{l}"] == pytest.approx(rec["similarity"][f"qk.{l}"] ** 2, abs=1e-12)
+        assert rec["similarity"][f"key_query_resid/L{l}"] == pytest.approx(direct_cov_similarity(avg, basis.key_query), abs=1e-9)
+        assert rec["explained"][f"key_query_resid/L{l}"] == pytest.approx(rec["similarity"][f"key_query_resid/L{l}"] ** 2,
+                                                                          abs=1e-12)
+        with pytest.warns(DeprecationWarning):       # the keys of earlier releases still read
+            assert rec["similarity"][f"qk.{l}.1"] == rec["similarity"][f"key_query_resid/L{l}/H1"]
     return mon
 
 
@@ -290,12 +301,13 @@ def test_hf_trainer_callback(tiny_pythia_dir, pythia_basis, tmp_path):
     trainer.train()
     recs = read_records(tmp_path / "m.jsonl")
     assert [r["step"] for r in recs] == [2, 4]
-    assert recs[-1]["loss"] is not None and "qk.1.3" in recs[-1]["similarity"]
+    assert recs[-1]["loss"] is not None and "key_query_resid/L1/H3" in recs[-1]["similarity"]
     assert mon.sinks == []  # closed at the end of training
 
 
 def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basis):
-    """The monitor's qk.l / qk.l.h are analyze_model's key_query_resid rows (one definition, two paths)."""
+    """The monitor's key_query_resid/Ll[/Hh] are analyze_model's key_query_resid rows (one definition, two paths,
+    one key: the table's site, layer and head give the record's key)."""
     from tl_leadterm.analysis import analyze_model
     from tl_leadterm.models import load_model
 
@@ -305,7 +317,7 @@ def test_monitor_qk_equals_analysis_key_query_resid(tiny_pythia_dir, pythia_basi
     rows = df[(df.site == "key_query_resid") & (df.measure == "cov_cosine")]
     assert len(rows) == ad.n_layers * (ad.n_heads + 1)
     for r in rows.itertuples():
-        key = f"qk.{int(r.layer)}" if pd.isna(r.head) else f"qk.{int(r.layer)}.{int(r.head)}"
+        key = measure_key(r.site, int(r.layer), None if pd.isna(r.head) else int(r.head))
         assert rec["similarity"][key] == pytest.approx(r.value, abs=1e-9)
     # and the attention-input variant is a different number (LayerNorm matters)
     kq = df[(df.site == "key_query") & (df.measure == "cov_cosine") & df["head"].isna()].value.to_numpy()

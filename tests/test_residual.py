@@ -13,6 +13,7 @@ from tl_leadterm.analysis import Factored, analyze_model, rank_heads
 from tl_leadterm.analysis.heads import DICTIONARY, HEAD_SITES
 from tl_leadterm.analysis.residual import Atoms, fit
 from tl_leadterm.models import load_model
+from tl_leadterm.theory import SITES
 from tl_leadterm.toy import ToyConfig, ToyTransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,20 +105,21 @@ def table(adapter, basis):
     return analyze_model(adapter, basis, progress=False)
 
 
-def _dense_site(adapter, basis, l, h, site):
+def _mats(adapter, basis, l, h):
+    """The matrices a site's dense formula reads (:attr:`Site.dense`), straight from TransformerLens' own weights
+    and cache (not through the package's adapter geometry)."""
     m, ids = adapter.model, basis.token_ids
     attn = m.blocks[l].attn
-    E, U = m.W_E.detach().double()[ids], m.W_U.detach().double()[:, ids]
-    WQ, WK, WV, WO = (getattr(attn, n).detach().double()[h] for n in ("W_Q", "W_K", "W_V", "W_O"))
-    if site == "key_query":
-        _, cache = m.run_with_cache(ids[:, None])
-        A = cache[f"blocks.{l}.ln1.hook_normalized"][:, 0].double()
-        return (A @ WQ) @ (A @ WK).T, basis.key_query
-    if site == "circuit_qk":
-        return E @ WQ @ WK.T @ E.T, basis.key_query
-    if site == "circuit_ov":
-        return E @ WV @ WO @ U, basis.value_output
-    return E @ WV @ WO @ E.T, basis.value
+    _, cache = m.run_with_cache(ids[:, None])
+    out = {n: getattr(attn, n).detach().double()[h] for n in ("W_Q", "W_K", "W_V", "W_O")}
+    out.update(E=m.W_E.detach().double()[ids], U=m.W_U.detach().double()[:, ids],
+               A=cache[f"blocks.{l}.ln1.hook_normalized"][:, 0].double(), H=cache[f"blocks.{l}.hook_resid_pre"][:, 0].double())
+    return out
+
+
+def _dense_site(adapter, basis, l, h, site):
+    s = SITES[site]
+    return s.dense(_mats(adapter, basis, l, h)), getattr(basis, s.target)
 
 
 def _val(df, site, measure, l, h, target=None):
@@ -133,14 +135,31 @@ def test_every_measure_equals_dense_from_transformer_lens_weights(adapter, basis
         for h in range(adapter.n_heads):
             X, Tm = _dense_site(adapter, basis, l, h, site)
             d = dense_fit(X, {site: Tm})
-            tgt = {"key_query": "key_query", "circuit_qk": "key_query", "circuit_ov": "value_output",
-                   "circuit_ov_embed": "value"}[site]
+            tgt = SITES[site].target
             assert _val(table, site, "coef", l, h, tgt)[0] == pytest.approx(float(d["coef"][0]), rel=1e-8)
             for m in ("explained", "residual_norm", "residual_rel_norm"):
                 assert _val(table, site, m, l, h)[0] == pytest.approx(d[m], rel=1e-8), (site, l, h, m)
             flat = d["R"].reshape(-1)
             assert _val(table, site, "residual_pair", l, h) == pytest.approx(flat[flat.abs().topk(5).indices].tolist(), rel=1e-8)
             assert _val(table, site, "residual_sv", l, h) == pytest.approx(torch.linalg.svdvals(d["R"])[:3].tolist(), rel=1e-8)
+
+
+def test_every_per_head_site_of_the_registry_equals_its_dense_formula(adapter, basis):
+    """Adding a site is one registry entry (with its dense formula) and this test: every per-head site, default or
+    not, analysed by name, equals its formula written out from TransformerLens' own weights."""
+    from tl_leadterm.analysis import cka_dense, cov_cosine_dense
+
+    names = [n for n, x in SITES.items() if x.per_head]
+    assert "attn_ov" in names and all(SITES[n].dense is not None for n in SITES)
+    df = analyze_model(adapter, basis, progress=False, sites=names, residuals=False, null_draws=0)
+    assert set(df.site) == set(names)
+    for site in names:
+        for l in range(adapter.n_layers):
+            for h in (0, adapter.n_heads - 1):
+                X, Tm = _dense_site(adapter, basis, l, h, site)
+                got = df[(df.site == site) & (df.layer == l) & (df["head"] == h) & (df.lens == "weights")]
+                for m, ref in (("cov_cosine", cov_cosine_dense), ("cka", cka_dense)):
+                    assert got[got.measure == m].value.item() == pytest.approx(ref(X, Tm), rel=1e-8, abs=1e-12), (site, l, h, m)
 
 
 def test_head_average_and_direct_path(adapter, basis, table):

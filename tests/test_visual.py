@@ -236,8 +236,8 @@ def _synthetic_table():
 def test_plots_write_png_and_svg(tmp_path):
     df = _synthetic_table()
     ser = plots.series_from_analysis(df, "cosine_leading")
-    assert set(ser.series) == {"W_O", "V.0", "V.1", "V.2", "W.0", "W.1", "W.2"}
-    assert sorted(ser[ser.series == "V.2"].step) == [1, 4, 16]
+    assert set(ser.series) == {"W_O", "V/L0", "V/L1", "V/L2", "W/L0", "W/L1", "W/L2"}   # the key scheme
+    assert sorted(ser[ser.series == "V/L2"].step) == [1, 4, 16]
     outs = plots.save_both(plots.similarity_vs_step, ser, tmp_path / "sim", title="Similarity vs step")
     outs += plots.save_both(plots.checkpoint_heatmap, df, tmp_path / "layers", measure="cosine_leading", site="V", rows="layer")
     outs += plots.save_both(plots.checkpoint_heatmap, df, tmp_path / "heads", measure="cov_cosine", site="key_query", rows="head", layer=1)

@@ -24,6 +24,7 @@ from . import config  # noqa: E402,F401  (the parameters: registers their names 
 from .corpus import Windows, load_corpus, read_documents, windows_from_tokens  # noqa: E402
 from .tokenization import Tokenizer, build_word_tokenizer, resolve_tokenizer  # noqa: E402
 from .basis import Basis, compute_basis, compute_basis_sharded, leading_coefficient  # noqa: E402
+from .theory import SITES, measure_key, parse_key  # noqa: E402  (the site registry and the one key scheme)
 
 # Later stages import TransformerLens (slow); they load on first use: ``tl_leadterm.load_model`` etc.
 _LAZY = {
@@ -56,5 +57,5 @@ def __dir__():
 __all__ = [
     "__version__", "LeadTermError", "Windows", "load_corpus", "read_documents", "windows_from_tokens",
     "Tokenizer", "build_word_tokenizer", "resolve_tokenizer", "Basis", "compute_basis",
-    "compute_basis_sharded", "leading_coefficient", *_LAZY,
+    "compute_basis_sharded", "leading_coefficient", "SITES", "measure_key", "parse_key", *_LAZY,
 ]

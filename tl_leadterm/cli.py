@@ -17,12 +17,13 @@ import warnings
 
 from ._version import __version__
 from .commands import analyze, build, visual
+from .config import FLAG_NAMES
 from .errors import LeadTermError
 
 # one module per pipeline stage that has commands
 COMMAND_MODULES = (build, analyze, visual)
-# library parameters whose flag is not named after them
-PARAM_FLAGS = {"source": "--corpus", "every": "--log-every", "results": "--results", "shard": "--shard"}
+# library parameters whose flag is not named after them (the config's table, named once)
+PARAM_FLAGS = FLAG_NAMES
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``{parameter: flag}`` for one subcommand: each option's dest and its long option string."""
+    """``{parameter: flag}`` for one subcommand: each option's dest and its long option string, over the
+    parameters whose flag is not named after them (:data:`tl_leadterm.config.FLAG_NAMES`)."""
     names = dict(PARAM_FLAGS)
     for action in parser._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]

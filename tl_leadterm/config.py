@@ -297,7 +297,8 @@ class AnalysisConfig(Config):
     seed: int = param(0, range="seed", help="seed of the null draws and the gradient windows (default %(default)s)")
     sites: tuple[str, ...] | None = param(
         None, check=sites, optional=True, parse=comma_list, metavar="LIST",
-        help="comma list of sites (default all): " + ", ".join(SITES))
+        help="comma list of sites (default all but " + ", ".join(n for n, x in SITES.items() if not x.default)
+             + "): " + ", ".join(SITES))
     retention_threshold: float = param(
         0.7, range="fraction", metavar="X",
         help="retention.csv: first checkpoint whose head-average signed cosine falls below X (default %(default)s)")

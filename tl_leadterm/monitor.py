@@ -14,19 +14,28 @@ or use :class:`LeadTermTrainerCallback` with a Hugging Face ``Trainer``.
 Every logged step is one JSON object on one line of the JSONL file::
 
     {"step": 200, "loss": 3.1, "kind": "toy",
-     "similarity":    {"W_O": 0.99, "V.0": 0.97, "W.0": 0.81, "P.0": 0.93, ...},
+     "similarity":    {"W_O": 0.99, "V/L0": 0.97, "W/L0": 0.81, "P/L0": 0.93, ...},
      "explained":     {...}, "residual_norm": {...}, "coefficient_ratio": {...},
     }
+
+Keys follow the package's one key scheme, ``site[/L<layer>][/H<head>]``
+(:func:`tl_leadterm.theory.measure_key`; the analysis table's ``site``, ``layer`` and ``head``).  The keys of
+earlier releases (``V.0``, ``qk.0.1``, ``resid.0``) still read from ``monitor.records`` with a
+DeprecationWarning (:class:`~tl_leadterm.theory.Keyed`), and :func:`tl_leadterm.results.read_monitor` reads old
+JSONL files into the new keys.
 
 (the time spent measuring is ``monitor.seconds``; records hold no clock, so the same
 training writes the same bytes).
 
 Toy model (:class:`~tl_leadterm.toy.ToyTransformer`)
-    For each weight ``W_O``, ``V.l``, ``W.l``, ``P.l`` with leading-term matrix
+    For each weight ``W_O``, ``V/Ll``, ``W/Ll``, ``P/Ll`` with leading-term matrix
     ``B`` (``B̄``, ``M``, ``Q̄``, ``p̄``; THEORY.md §3).  The toy weights are
     full-vocabulary ``|V| x |V|``; a basis over ``k`` tokens is compared on the
     ``k x k`` sub-block ``weight[token_ids][:, token_ids]`` (``P`` on its first
-    ``basis.seq_len`` entries).  With ``A`` that sub-block:
+    ``basis.seq_len`` entries).  Where a constant per row is invisible to the model's output (``W_O``, ``W``,
+    ``P``: softmax follows; :attr:`tl_leadterm.theory.Leading.centred`) both are compared with their rows
+    centred, as every analysis does (:func:`tl_leadterm.analysis.toy.toy_visible_pair`); ``V`` as it is.
+    With ``A`` and ``B`` so prepared:
 
     * ``similarity`` = cos(A, B) = <A, B> / (|A| |B|) (Frobenius; the leading
       coefficient does not change it);
@@ -44,10 +53,10 @@ Real models (HookedTransformer, TransformerBridge, Hugging Face GPT-NeoX)
     The model is probed through the adapter (:func:`tl_leadterm.models.adapt` with
     ``fold=False``: nothing it trains is converted) and the analysis measures.  The
     cheap per-layer representational measures of THEORY.md §5 over the
-    basis tokens, each token run alone: ``resid.l`` compares layer ``l``'s
-    ``resid_pre`` representations with ``M``; ``qk.l`` compares
-    ``S_l = H_l W_Q W_Kᵀ H_lᵀ`` (averaged over heads) with ``Q̄`` and ``qk.l.h``
-    does so per head (the analysis' site ``key_query_resid``).  ``similarity`` is the Frobenius cosine of the row-centred
+    basis tokens, each token run alone: ``resid_pre/Ll`` compares layer ``l``'s
+    ``resid_pre`` representations with ``M``; ``key_query_resid/Ll`` compares
+    ``S_l = H_l W_Q W_Kᵀ H_lᵀ`` (averaged over heads) with ``Q̄`` and ``key_query_resid/Ll/Hh``
+    does so per head (the analysis' sites ``resid_pre`` and ``key_query_resid``).  ``similarity`` is the Frobenius cosine of the row-centred
     covariance matrices; ``explained`` its square; ``residual_rel_norm`` the relative
     norm sqrt(1 − cos²) of what the best multiple of the theory's covariance
     leaves.  Where LayerNorm is folded into the weights (HookedTransformer loaded
@@ -94,7 +103,8 @@ from .errors import LeadTermError, require
 from .params import check
 from .models import adapt
 from .sinks import JSONLSink, Sink, TensorBoardSink
-from .theory import SITES, leading_coefficient
+from .analysis.toy import toy_visible_pair
+from .theory import SITES, Keyed, leading_coefficient, legacy_key, measure_key, parse_weight
 
 
 # ---------------------------------------------------------------------------
@@ -137,14 +147,15 @@ class _ToyProbe:
         if lr is not None and step is not None:
             out["coefficient_ratio"] = {}
         for name, w in model.weights().items():
-            m = projection_measures(*self.basis.toy_pair(name, w))
-            for key in ("similarity", "explained", "residual_norm"):
-                out[key][name] = m[key]
+            m = projection_measures(*toy_visible_pair(self.basis, name, w))
+            key = measure_key(*parse_weight(name))
+            for group in ("similarity", "explained", "residual_norm"):
+                out[group][key] = m[group]
             if "coefficient_ratio" in out:
                 coef = leading_coefficient(name, step, lr)
-                out["coefficient_ratio"][name] = (None if m["coefficient"] is None or coef == 0
-                                                  else _none_if_bad(m["coefficient"] / coef))
-        return out
+                out["coefficient_ratio"][key] = (None if m["coefficient"] is None or coef == 0
+                                                 else _none_if_bad(m["coefficient"] / coef))
+        return {g: Keyed(v) for g, v in out.items()}
 
 
 class _RealProbe:
@@ -175,20 +186,20 @@ class _RealProbe:
                 rnull = representation_null(E, value, n, group_seed(self.seed, "monitor", "resid")) if n else None
                 for l, h in enumerate(reps):
                     h = h.detach().double().cpu()
-                    sims[f"resid.{l}"] = _none_if_bad(similarities(h, value)["cov_cosine"])
-                    if rnull is not None and sims[f"resid.{l}"] is not None:
-                        places[f"resid.{l}"] = rnull["cov_cosine"].place(sims[f"resid.{l}"])
+                    rk = measure_key("resid_pre", l)
+                    sims[rk] = _none_if_bad(similarities(h, value)["cov_cosine"])
+                    if rnull is not None and sims[rk] is not None:
+                        places[rk] = rnull["cov_cosine"].place(sims[rk])
                     fam = Family(h, None, key_query, False)
                     qk = (ad.W_Q(l).double().cpu(), ad.W_K(l).double().cpu().transpose(1, 2))
                     per, avg = (family_null(fam, ad.d_model, "product", ad.d_head, n, group_seed(self.seed, "monitor", "qk", l),
                                             heads=ad.n_heads) if n else (None, None))
-                    sims[f"qk.{l}"] = _none_if_bad(fam.measure(Factored.head_mean(*qk))["cov_cosine"])
-                    if avg is not None and sims[f"qk.{l}"] is not None:
-                        places[f"qk.{l}"] = avg["cov_cosine"].place(sims[f"qk.{l}"])
-                    for hd, X in enumerate(Factored.heads(*qk)):
-                        sims[f"qk.{l}.{hd}"] = _none_if_bad(fam.measure(X)["cov_cosine"])
-                        if per is not None and sims[f"qk.{l}.{hd}"] is not None:
-                            places[f"qk.{l}.{hd}"] = per["cov_cosine"].place(sims[f"qk.{l}.{hd}"])
+                    groups = [(measure_key("key_query_resid", l), Factored.head_mean(*qk), avg)]
+                    groups += [(measure_key("key_query_resid", l, hd), X, per) for hd, X in enumerate(Factored.heads(*qk))]
+                    for key, X, null in groups:
+                        sims[key] = _none_if_bad(fam.measure(X)["cov_cosine"])
+                        if null is not None and sims[key] is not None:
+                            places[key] = null["cov_cosine"].place(sims[key])
         finally:
             if was_training:
                 model.train()
@@ -200,7 +211,7 @@ class _RealProbe:
             out["null_q95"] = {k: p.get("null_q95") for k, p in places.items()}
         if ad.folded:
             out["measures"] = {k: _none_if_bad(float(v)) for k, v in quick_measures(ad, self.basis, self.targets).items()}
-        return out
+        return {g: Keyed(v) for g, v in out.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +231,7 @@ class TrainingMonitor:
     after the JSONL file and TensorBoard, in order.
     ``max_tokens``: real models use at most this many basis tokens (the first ones).
     ``null_draws``: real models' records also carry ``percentile`` and ``null_q95`` per similarity: its place among
-    random heads of the same shape (``qk``) or random linear read-outs of the embeddings (``resid``) read through
+    random heads of the same shape (``key_query_resid``) or random linear read-outs of the embeddings (``resid_pre``) read through
     the same geometry (:mod:`tl_leadterm.analysis.chance`); 0 turns them off.  ``seed`` seeds those draws.
     """
 
@@ -333,20 +344,25 @@ def attach(model, basis: Basis, path=None, **kwargs) -> TrainingMonitor:
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """The records of a monitor JSONL file (a torn last line is skipped)."""
+    """The records of a monitor JSONL file (a torn last line is skipped), their groups keyed by the key scheme
+    (a log of an earlier release is read into the current keys; the old keys still answer, :class:`Keyed`)."""
     p = Path(path)
     require(p.is_file(), f"monitor log {p} not found; check the path")
     out = []
     for line in p.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
             continue
+        if isinstance(rec, dict):
+            rec = {g: Keyed({legacy_key(k) or k: x for k, x in v.items()}) if isinstance(v, dict) else v
+                   for g, v in rec.items()}
+        out.append(rec)
     return out
 
 
 def records_frame(records: list[dict], group: str = "similarity"):
-    """A pandas DataFrame, one row per step, one column per weight/layer of ``group``."""
+    """A pandas DataFrame, one row per step, one column per key of ``group`` (``W_O``, ``V/L0``, ``resid_pre/L1`` ...)."""
     import pandas as pd
 
     rows = [{"step": r["step"], "loss": r.get("loss"), **(r.get(group) or {})} for r in records]

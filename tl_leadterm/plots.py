@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import require  # noqa: E402
-from .theory import LEADING  # noqa: E402
+from .errors import LeadTermError, require  # noqa: E402
+from .theory import LEADING, measure_key, parse_key  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 FORMATS = (".png", ".svg")
@@ -109,14 +109,15 @@ def series_from_monitor(records: list[dict], group: str = "similarity") -> pd.Da
 
 
 def series_from_analysis(df: pd.DataFrame, measure: str = "cosine_leading", head_average: bool = True) -> pd.DataFrame:
-    """Analysis table over checkpoints → long frame ``step, series, value`` (series = ``site`` or ``site.layer``)."""
+    """Analysis table over checkpoints → long frame ``step, series, value`` (series: the key ``site`` or
+    ``site/L<layer>``, :func:`tl_leadterm.theory.measure_key`)."""
     sub = df[df["measure"] == measure]
     if head_average and "head" in sub:
         sub = sub[sub["head"].isna()]
     rows = []
     for _, r in sub.iterrows():
         layer = r["layer"]
-        name = str(r["site"]) if pd.isna(layer) else f"{r['site']}.{int(layer)}"
+        name = measure_key(str(r["site"]), None if pd.isna(layer) else int(layer))
         rows.append({"step": checkpoint_step(r["checkpoint"]), "series": name, "value": float(r["value"])})
     return pd.DataFrame(rows, columns=["step", "series", "value"])
 
@@ -146,14 +147,17 @@ def similarity_vs_step(series: pd.DataFrame, path, *, title: str = "Similarity t
     ax.set_title(_title(title, 70), fontsize=11)
     ax.grid(alpha=0.3)
     if names:
-        ax.legend(title="weight.layer", fontsize=8, ncol=2 if len(names) > 6 else 1, loc="best")
+        ax.legend(title="site/layer", fontsize=8, ncol=2 if len(names) > 6 else 1, loc="best")
     return _save(fig, path)
 
 
 def _series_key(name: str):
-    base, _, layer = name.partition(".")
     order = {w: i for i, w in enumerate(LEADING)}  # W_O, V, W, P
-    return (order.get(base, 9), base, int(layer) if layer.isdigit() else -1, name)
+    try:
+        k = parse_key(name)
+    except LeadTermError:
+        return (9, name, -1, -1, name)
+    return (order.get(k.site, 9), k.site, -1 if k.layer is None else k.layer, -1 if k.head is None else k.head, name)
 
 
 #: fixed colour limits of the bounded measures: one scale for every checkpoint, layer and head of a measure

@@ -17,12 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import LeadTermError, require
-from .theory import LENS_NAMES
+from .theory import LENS_NAMES, legacy_key
 from .visual import CVView
 
 _REBUILD = "rebuild it with 'tl-leadterm demo', 'analyze' or 'sweep'"
-#: names (sites, measures, targets, monitor series) are identifiers with dots: ``key_query``, ``V.0``, ``qk.0.3``
-NAME = re.compile(r"^(model:)?[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+#: names (sites, measures, targets, monitor series) are identifiers with dots and slashes: ``key_query``,
+#: ``context.T``, ``key_query_resid/L0/H3`` (the key scheme, :func:`tl_leadterm.theory.measure_key`), ``qk.0.3``
+NAME = re.compile(r"^(model:)?[A-Za-z_][A-Za-z0-9_./]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_INDEX = 1_000_000        # layers and heads
 MAX_TEXT = 100_000           # characters in one cell
@@ -247,7 +248,7 @@ def read_monitor(path: Path) -> list[dict]:
                     and all(isinstance(k, str) and NAME.match(k) for k in vals)
                     and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
                             for v in vals.values()),
-                    f"{path}: line {n}, {group!r} must map names (letters, digits, '_' and '.') to numbers or null")
-            rec[group] = vals
+                    f"{path}: line {n}, {group!r} must map names (letters, digits, '_', '.' and '/') to numbers or null")
+            rec[group] = {legacy_key(k) or k: v for k, v in vals.items()}   # logs of earlier releases: current keys
         out.append(rec)
     return out

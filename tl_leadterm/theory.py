@@ -8,12 +8,16 @@
   beyond the paper): each one entry with its targets and how its matrix is built
   (:data:`GEOMETRY`, :data:`CIRCUIT_WEIGHTS`); :func:`site` looks one up;
 * toy weight names (``"W_O"``, ``"V.0"``, ``"W.1"``, ``"P.2"``): :func:`parse_weight`,
-  :func:`weight_name`.
+  :func:`weight_name`;
+* the one key scheme of measured things (``site/L<layer>/H<head>/measure``): :func:`measure_key`,
+  :func:`parse_key`, and :class:`Keyed` (old keys as deprecated aliases).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import LeadTermError
@@ -74,6 +78,9 @@ class Leading:
     order: int           # power of η
     constant: str        # the constant, as written in THEORY.md
     _coef: Callable[[int, float], float]
+    #: a constant added to a row changes nothing the model outputs (softmax follows: logits for ``W_O``, scores
+    #: for ``W`` and ``P``), so the weight is compared after centring its rows; ``V`` feeds ``W_O`` and is not
+    centred: bool = True
 
     def coefficient(self, steps: int, lr: float) -> float:
         return self._coef(int(steps), float(lr))
@@ -85,7 +92,7 @@ class Leading:
 
 LEADING: dict[str, Leading] = {t.weight: t for t in (
     Leading("W_O", "bigram", 1, "η s", lambda s, eta: eta * s),
-    Leading("V", "value", 2, "η² s(s-1)/2", lambda s, eta: eta ** 2 * s * (s - 1) / 2),
+    Leading("V", "value", 2, "η² s(s-1)/2", lambda s, eta: eta ** 2 * s * (s - 1) / 2, centred=False),
     Leading("W", "key_query", 4, "η⁴ Σ_{k<s} k²(k-1)/2", _quartic),
     Leading("P", "position", 4, "η⁴ Σ_{k<s} k²(k-1)/2", _quartic),
 )}
@@ -138,7 +145,8 @@ class Site:
     A site with a ``circuit`` is a per-head matrix ``X = L P R``: ``P`` the head's product of weights
     (``"qk"``: ``W_Q W_Kᵀ``, ``"ov"``: ``W_V W_O``), ``L``/``R`` read through the model's geometry,
     named by ``left``/``right`` (:data:`GEOMETRY`).  ``fit``: the per-head projection modulo row offsets
-    and its residual are computed (``extension`` rows); ``layer_wise``: one matrix per layer.
+    and its residual are computed (``extension`` rows); ``default``: analysed when no ``sites`` are given
+    (every per-head site can also be named in the causal check, :func:`tl_leadterm.analysis.causal_check`).
     A site without a circuit is a representation (``resid_*``: ``H`` per layer) or the direct path ``E U``.
     """
 
@@ -151,6 +159,10 @@ class Site:
     right: str = ""          # GEOMETRY key of R (d x k)
     fit: bool = False        # per-head projection and residual (module analysis.heads)
     extra_targets: tuple[str, ...] = ()
+    default: bool = True     # analysed unless ``sites`` names a subset (False: only when asked for)
+    #: the site written out densely, for tests: ``dense(m)`` with ``m`` the matrices of one layer and head by name
+    #: (``E`` k x d, ``U`` d x k, ``A``/``H`` k x d, ``W_Q``/``W_K``/``W_V`` d x d_head, ``W_O`` d_head x d; ``resid_*``)
+    dense: Callable[[dict], object] | None = field(default=None, compare=False, repr=False)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -159,6 +171,13 @@ class Site:
     @property
     def per_head(self) -> bool:
         return bool(self.circuit)
+
+    @property
+    def representations(self) -> frozenset[str]:
+        """The per-layer representations of the basis tokens the site reads (``resid_pre``, ``attn_in`` ...)."""
+        if not self.circuit and self.name.startswith("resid_"):
+            return frozenset({self.name})
+        return frozenset(GEOMETRY_REPS[k.split(".")[0]] for k in (self.left, self.right) if k.split(".")[0] in GEOMETRY_REPS)
 
 
 #: how a site's outer factors are read from the model (``L`` rows, ``R`` columns, over the k basis tokens)
@@ -171,26 +190,34 @@ GEOMETRY: dict[str, str] = {
     "H": "resid_pre of layer l of each basis token run alone (k x d_model)",
     "H.T": "resid_pre, transposed (d_model x k)",
 }
+#: the geometry keys read from the model's representations of each basis token run alone
+GEOMETRY_REPS: dict[str, str] = {"A": "attn_in", "H": "resid_pre"}
 #: a target read through the model's own geometry: for X = L P R, ``model:T`` is (L Lᵀ) T (Rᵀ R)
 MODEL_PREFIX = "model:"
 #: the product of weights of each circuit, as TransformerLens names the factors
 CIRCUIT_WEIGHTS: dict[str, tuple[str, str]] = {"qk": ("W_Q", "W_K"), "ov": ("W_V", "W_O")}
 
 SITES: dict[str, Site] = {s.name: s for s in (
-    Site("resid_pre", "value", False, "representations H of each token run alone, before layer l"),
-    Site("resid_mid", "value", False, "H after the attention half of layer l"),
-    Site("resid_post", "value", False, "H after layer l"),
+    Site("resid_pre", "value", False, "representations H of each token run alone, before layer l",
+         dense=lambda m: m["resid_pre"]),
+    Site("resid_mid", "value", False, "H after the attention half of layer l", dense=lambda m: m["resid_mid"]),
+    Site("resid_post", "value", False, "H after layer l", dense=lambda m: m["resid_post"]),
     Site("key_query", "key_query", False, "(A W_Q)(A W_K)ᵀ with A the attention input (query x key)",
-         circuit="qk", left="A", right="A.T", fit=True),
+         circuit="qk", left="A", right="A.T", fit=True, dense=lambda m: (m["A"] @ m["W_Q"]) @ (m["A"] @ m["W_K"]).T),
     Site("key_query_resid", "key_query", False, "(H W_Q)(H W_K)ᵀ with H = resid_pre (THEORY.md §5 to the letter)",
-         circuit="qk", left="H", right="H.T"),
+         circuit="qk", left="H", right="H.T", dense=lambda m: (m["H"] @ m["W_Q"]) @ (m["H"] @ m["W_K"]).T),
     Site("circuit_qk", "key_query", True, "E W_Q W_Kᵀ Eᵀ, the full QK circuit (query x key)",
-         circuit="qk", left="E", right="E.T", fit=True),
+         circuit="qk", left="E", right="E.T", fit=True, dense=lambda m: m["E"] @ m["W_Q"] @ m["W_K"].T @ m["E"].T),
     Site("circuit_ov", "value_output", True, "E W_V W_O U, the full OV circuit (source x output logit)",
-         circuit="ov", left="E", right="U", fit=True, extra_targets=("context.T", "bigram")),
+         circuit="ov", left="E", right="U", fit=True, extra_targets=("context.T", "bigram"),
+         dense=lambda m: m["E"] @ m["W_V"] @ m["W_O"] @ m["U"]),
     Site("circuit_ov_embed", "value", True, "E W_V W_O Eᵀ (context x current)",
-         circuit="ov", left="E", right="E.T", fit=True),
-    Site("direct_path", "bigram", True, "E U, the direct path (current x next)", left="E", right="U"),
+         circuit="ov", left="E", right="E.T", fit=True, dense=lambda m: m["E"] @ m["W_V"] @ m["W_O"] @ m["E"].T),
+    Site("attn_ov", "value_output", True, "A W_V W_O U, the OV circuit from the attention input (source x output "
+         "logit; the causal check's OV site)", circuit="ov", left="A", right="U", default=False,
+         dense=lambda m: m["A"] @ m["W_V"] @ m["W_O"] @ m["U"]),
+    Site("direct_path", "bigram", True, "E U, the direct path (current x next)", left="E", right="U",
+         dense=lambda m: m["E"] @ m["U"]),
 )}
 
 
@@ -248,3 +275,100 @@ def target_matrix_name(target: str) -> tuple[str, bool, bool]:
 
 #: a head's two circuits and the basis term each one's leading term is: QK (W_Q W_Kᵀ) → Q̄, OV (W_V W_O) → Ḡ
 CIRCUITS: dict[str, str] = {"qk": LEADING["W"].term, "ov": OV_PRODUCT.term}
+
+
+# ---------------------------------------------------------------------------
+# keys: the one name of a measured thing, shared by the table, the monitor, quick measures and the causal check
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Key:
+    """What a key names: a site (registry or toy weight), its layer and head, and a measure (each optional)."""
+
+    site: str
+    layer: int | None = None
+    head: int | None = None
+    measure: str = ""
+
+    def __str__(self) -> str:
+        return measure_key(self.site, self.layer, self.head, self.measure)
+
+
+_KEY = re.compile(r"^(?P<site>[A-Za-z_][A-Za-z0-9_]*)(?:/L(?P<layer>\d+)(?:/H(?P<head>\d+))?)?"
+                  r"(?:/(?![LH]\d*$)(?P<measure>[A-Za-z_][A-Za-z0-9_]*))?$")
+
+
+def measure_key(site: str, layer: int | None = None, head: int | None = None, measure: str = "") -> str:
+    """The one key scheme: ``site[/L<layer>][/H<head>][/measure]``.
+
+    The table's ``site``, ``layer``, ``head`` (and ``measure``) columns, the monitor's records
+    (``key_query_resid/L0/H1``, ``resid_pre/L0``, toy ``V/L0``, ``W_O``), the quick measures
+    (``key_query/L0/cov_cosine``) and the causal check's sites all use it.  No head: the layer's head average
+    (or a measure of the whole layer); no layer: a model-wide site.  :func:`parse_key` is its inverse."""
+    if head is not None and layer is None:
+        raise LeadTermError(f"a key with a head needs a layer (site {site!r}, head {head})")
+    parts = [str(site)]
+    if layer is not None:
+        parts.append(f"L{int(layer)}")
+    if head is not None:
+        parts.append(f"H{int(head)}")
+    if measure:
+        parts.append(str(measure))
+    return "/".join(parts)
+
+
+def parse_key(key: str) -> Key:
+    """``"key_query_resid/L0/H1"`` → ``Key("key_query_resid", 0, 1, "")``; an old monitor or quick-measure key
+    (``"qk.0.1"``, ``"L0/key_query/cov_cosine"``) is read through :func:`legacy_key`."""
+    m = _KEY.match(legacy_key(str(key)) or str(key))
+    if m is None:
+        raise LeadTermError(f"{key!r} is not a tl_leadterm key (site[/L<layer>][/H<head>][/measure])")
+    layer, head = m.group("layer"), m.group("head")
+    return Key(m.group("site"), None if layer is None else int(layer), None if head is None else int(head),
+               m.group("measure") or "")
+
+
+#: keys of earlier releases → the key scheme (monitor: ``resid.l``, ``qk.l``, ``qk.l.h``, toy ``V.l``; quick
+#: measures: ``L{l}/{site}/{measure}``; causal check: ``qk``, ``ov``)
+_LEGACY = (
+    (re.compile(r"^resid\.(\d+)$"), r"resid_pre/L\1"),
+    (re.compile(r"^qk\.(\d+)$"), r"key_query_resid/L\1"),
+    (re.compile(r"^qk\.(\d+)\.(\d+)$"), r"key_query_resid/L\1/H\2"),
+    (re.compile(r"^(V|W|P)\.(\d+)$"), r"\1/L\2"),
+    (re.compile(r"^L(\d+)/([A-Za-z_][A-Za-z0-9_]*)/([A-Za-z_][A-Za-z0-9_]*)$"), r"\2/L\1/\3"),
+    (re.compile(r"^qk$"), "key_query"),
+    (re.compile(r"^ov$"), "attn_ov"),
+)
+
+
+def legacy_key(key: str) -> str | None:
+    """The current key of an old one (:data:`_LEGACY`), or None when ``key`` is not an old key."""
+    for pattern, repl in _LEGACY:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return None
+
+
+class Keyed(dict):
+    """A dict of measures by key that still answers to the keys of earlier releases, with a DeprecationWarning
+    (``record["similarity"]["qk.0.1"]`` reads ``record["similarity"]["key_query_resid/L0/H1"]``).  It iterates,
+    compares and serialises as the plain dict of current keys."""
+
+    def __missing__(self, key):
+        new = legacy_key(key) if isinstance(key, str) else None
+        if new is None or not dict.__contains__(self, new):
+            raise KeyError(key)
+        warnings.warn(f"key {key!r} is now {new!r} (one key scheme: site/L<layer>/H<head>); the old key will be "
+                      "removed in a later release", DeprecationWarning, stacklevel=2)
+        return dict.__getitem__(self, new)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        new = legacy_key(key) if isinstance(key, str) else None
+        return new is not None and dict.__contains__(self, new)

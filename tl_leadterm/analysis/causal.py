@@ -5,10 +5,12 @@ Toy model: for each weight, ``D`` = its leading-term direction (the basis tensor
 in the basis-token sub-block by :meth:`Basis.embed_block`, zero elsewhere); remove its
 component ``c D`` (``c = <W, D>/‖D‖²``) and measure the held-out loss change, against
 removing a random direction of equal norm on the same sub-block.
-Real model, per head: the token-space basis direction ``T`` (Q̄ for QK, Ḡ for OV) is
-pulled back to model space through the layer's attention inputs ``A`` of the basis
-tokens: ``D = Aᵀ T A`` (QK; ``d_model x d_model``) and ``D = Aᵀ T U_kᵀ`` (OV, with
-``U_k = W_U[:, token_ids]``).  Only the part of ``D`` that the head can represent is
+Real model, per head and per-head site of the registry (:data:`tl_leadterm.theory.SITES`; default
+``key_query`` and ``attn_ov``): the site is ``X = L P R`` and its token-space basis direction ``T`` (the
+site's target: Q̄ for ``key_query``, Ḡ for ``attn_ov``) is pulled back to model space through the
+same geometry: ``D = Lᵀ T Rᵀ`` (``d_model x d_model``; ``key_query``: ``Aᵀ Q̄ A`` with ``A`` the layer's
+attention inputs of the basis tokens; ``attn_ov``: ``Aᵀ Ḡ U_kᵀ`` with ``U_k = W_U[:, token_ids]``).
+The circuit names of earlier releases, ``qk`` and ``ov``, name these two sites (deprecated).  Only the part of ``D`` that the head can represent is
 removed: for QK ``D_h = D Π_K`` (``Π_K`` = projector on the column space of ``W_K``),
 implemented as ``W_Q ← W_Q - c D W_K (W_KᵀW_K)⁺``; for OV ``D_h = D Π_O`` (row space
 of ``W_O``), implemented as ``W_V ← W_V - c D W_Oᵀ (W_O W_Oᵀ)⁺``, with
@@ -36,9 +38,33 @@ from ..corpus import Windows
 from ..errors import require
 from ..params import check
 from ..models import ModelAdapter, adapt
-from ..theory import CIRCUITS, leading, parse_weight
+from ..errors import LeadTermError
+from ..theory import SITES, Site, legacy_key, leading, parse_weight
+from ..theory import site as registry_site
+from .chance import basis_matrix
 from .compat import check_compatible
+from .geometry import Geometry
 from .table import NAN, frame, row
+
+#: the real-model causal check's default sites: the head's two circuits read from its attention input
+CAUSAL_SITES = ("key_query", "attn_ov")
+
+
+def causal_site(name: str, *, warn: bool = False) -> Site:
+    """The per-head registry site a real-model causal check edits; ``"qk"``/``"ov"`` (the circuit names of
+    earlier releases) name ``key_query``/``attn_ov`` (with a DeprecationWarning when ``warn``)."""
+    name = str(name)
+    if name in ("qk", "ov"):
+        new = legacy_key(name)
+        if warn:
+            warnings.warn(f"causal-check site {name!r} is now {new!r} (the registry's site names)", DeprecationWarning,
+                          stacklevel=3)
+        name = new
+    s = SITES.get(name)
+    if s is None or not s.per_head:
+        raise LeadTermError(f"unknown causal-check site {name!r} for a TransformerLens model; choose one of "
+                            f"{', '.join(n for n, x in SITES.items() if x.per_head)}")
+    return s
 
 
 def _as_tokens(tokens) -> Tensor:
@@ -69,7 +95,8 @@ def causal_check(adapter_or_model, basis: Basis, tokens, *, seeds: int = 5, site
     ``tokens``: held-out text as a token tensor ``[batch, pos]`` or :class:`~tl_leadterm.corpus.Windows`.
     Rows (per weight or per head): ``loss_base``, ``loss_leading``, ``delta_leading``,
     ``delta_random_mean``, ``delta_random_sd``, ``removed_norm``, ``coefficient``.
-    Toy sites: ``W_O``, ``V``, ``W``, ``P``; real-model sites: ``qk``, ``ov`` (see module docstring).
+    Toy sites: ``W_O``, ``V``, ``W``, ``P``; real-model sites: the registry's per-head sites (default
+    ``key_query``, ``attn_ov``; module docstring).
     """
     ad = adapt(adapter_or_model)
     ad.check_finite()
@@ -78,7 +105,7 @@ def causal_check(adapter_or_model, basis: Basis, tokens, *, seeds: int = 5, site
     checkpoint = checkpoint or ad.checkpoint
     if ad.token_space:
         return _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress)
-    return _causal_real(ad, basis, tokens, seeds, sites or ("qk", "ov"), layers, heads, checkpoint, progress)
+    return _causal_real(ad, basis, tokens, seeds, sites or CAUSAL_SITES, layers, heads, checkpoint, progress)
 
 
 def _emit(rows, checkpoint, layer, head, site, target, base, lead_loss, rand_losses, removed, coef, extension=False):
@@ -128,43 +155,53 @@ def _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress) -
     return frame(rows)
 
 
-def head_edit_directions(ad: ModelAdapter, basis: Basis, layer: int, A: Tensor, site: str) -> tuple[Tensor, Tensor, Tensor]:
+def head_edit_directions(ad: ModelAdapter, basis: Basis, layer: int, A: Tensor | Geometry, site: str
+                         ) -> tuple[Tensor, Tensor, Tensor]:
     """``(X, Π, D)`` for one layer, all heads: ``X`` (h, d, d) the head matrices, ``Π`` (h, d, d) the
-    projectors of the removable subspace and ``D`` (d, d) the pulled-back basis direction (module docstring)."""
-    A = A.double().cpu()
-    if site == "qk":
+    projectors of the removable subspace and ``D = Lᵀ T Rᵀ`` (d, d) the pulled-back basis direction of
+    ``site`` (module docstring).  ``A``: the layer's attention inputs of the basis tokens (``k x d``), or a
+    :class:`~tl_leadterm.analysis.geometry.Geometry` (needed for sites read through ``resid_pre``)."""
+    s = causal_site(site)
+    if isinstance(A, Geometry):
+        L, R = (M.double().cpu() for M in A.outer(s, layer))
+    else:
+        A = A.double().cpu()
+        mats = {"A": A, "E": ad.W_E.double().cpu()[basis.token_ids], "U": ad.W_U.double().cpu()[:, basis.token_ids]}
+        read = lambda key: mats[key[0]].T if key.endswith(".T") else mats[key]  # noqa: E731
+        if s.left[0] not in mats or s.right[0] not in mats:
+            raise LeadTermError(f"site {s.name!r} is read through resid_pre: give head_edit_directions a Geometry")
+        L, R = read(s.left), read(s.right)
+    D = L.T @ basis_matrix(basis, s.target).double().cpu() @ R.T
+    if s.circuit == "qk":
         WQ, WK = ad.W_Q(layer).double().cpu(), ad.W_K(layer).double().cpu()
         X = WQ @ WK.transpose(1, 2)
-        D = A.T @ getattr(basis, CIRCUITS["qk"]).double().cpu() @ A
         P = WK @ torch.linalg.pinv(WK)                       # Π_K (h, d, d), right-multiplied
     else:
         WV, WO = ad.W_V(layer).double().cpu(), ad.W_O(layer).double().cpu()
         X = WV @ WO
-        U = ad.W_U.double().cpu()[:, basis.token_ids]
-        D = A.T @ getattr(basis, CIRCUITS["ov"]).double().cpu() @ U.T
         P = torch.linalg.pinv(WO) @ WO                       # Π_O (h, d, d), right-multiplied
     return X, P, D
 
 
 def _causal_real(ad, basis, tokens, seeds, sites, layers, heads, checkpoint, progress) -> pd.DataFrame:
-    for s in sites:
-        require(s in CIRCUITS, f"unknown causal-check site {s!r} for a TransformerLens model; choose qk or ov")
+    sites = [causal_site(s, warn=True).name for s in sites]
     toks = _as_tokens(tokens)
     base = ad.loss(toks)
-    reps = ad.token_representations(basis.token_ids)
+    geom = Geometry(ad, basis, "cpu", reps=ad.token_representations(basis.token_ids))
     layers = list(range(ad.n_layers)) if layers is None else list(layers)
     heads = list(range(ad.n_heads)) if heads is None else list(heads)
     rows = []
     jobs = [(l, s) for l in layers for s in sites]
     for l, site in tqdm(jobs, desc="causal check", disable=not progress, leave=False):
         require(0 <= l < ad.n_layers, f"layer {l} out of range [0, {ad.n_layers})")
-        X, P, D = head_edit_directions(ad, basis, l, reps["attn_in"][l], site)
-        other = ad.W_K(l) if site == "qk" else ad.W_O(l)
+        X, P, D = head_edit_directions(ad, basis, l, geom, site)
+        circuit = SITES[site].circuit
+        other = ad.W_K(l) if circuit == "qk" else ad.W_O(l)
         for h in heads:
             require(0 <= h < ad.n_heads, f"head {h} out of range [0, {ad.n_heads})")
             Dh = D @ P[h]
             dn2 = float((Dh * Dh).sum())
-            target = CIRCUITS[site]
+            target = SITES[site].target
             if dn2 == 0:
                 warnings.warn(f"layer {l} head {h} {site}: the basis direction is zero in this head's subspace (NaN)")
                 _emit(rows, checkpoint, l, h, site, target, base, NAN, [NAN], NAN, NAN)
@@ -183,10 +220,16 @@ def _causal_real(ad, basis, tokens, seeds, sites, layers, heads, checkpoint, pro
     return frame(rows)
 
 
+def _circuit(site: str) -> str:
+    """``"qk"``/``"ov"`` as they are; a registry site → its circuit."""
+    return site if site in ("qk", "ov") else registry_site(site).circuit
+
+
 def weight_delta(site: str, Dfull: Tensor, other: Tensor) -> Tensor:
-    """The change of W_Q (``qk``: ``Dfull W_K (W_KᵀW_K)⁺``) or W_V (``ov``: ``Dfull W_Oᵀ (W_O W_Oᵀ)⁺``) that removes ``Dfull Π``."""
+    """The change of W_Q (QK: ``Dfull W_K (W_KᵀW_K)⁺``) or W_V (OV: ``Dfull W_Oᵀ (W_O W_Oᵀ)⁺``) that removes
+    ``Dfull Π``; ``site``: a per-head registry site or its circuit (``"qk"``, ``"ov"``)."""
     other = other.double().cpu()
-    if site == "qk":
+    if _circuit(site) == "qk":
         return Dfull @ torch.linalg.pinv(other).T            # W_K⁺ᵀ = W_K (W_KᵀW_K)⁺
     return Dfull @ torch.linalg.pinv(other)                   # W_O⁺ = W_Oᵀ (W_O W_Oᵀ)⁺
 
@@ -210,7 +253,7 @@ def _edit_hooks(ad: ModelAdapter, layer: int, head: int, site: str, Dfull: Tenso
             return x
         return hook
 
-    if site == "qk":
+    if _circuit(site) == "qk":
         def edit_q(x, hook):
             x = x.clone()
             x[:, :, head, :] -= store["x"] @ delta

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..errors import require
 from ..theory import target_matrix_name
-from .measures import centre_rows
+from .measures import Family, centre_rows
 
 #: default number of null draws per fit group
 NULL_DRAWS = 200
@@ -251,7 +251,7 @@ def family_null(fam, d: int, draw: str, rank: int, n: int, seed: int, heads: int
 
     def draws(m: int, width: int, scale: float = 1.0):
         if draw == "dense" and width == d:
-            return _gauss(g, m, d, d), torch.eye(d, dtype=torch.float64, device=dev).expand(m, d, d)
+            return _gauss(g, m, d, d), None                        # N = I
         return _gauss(g, m, d, width) * scale, _gauss(g, m, width, d)
 
     def collect(m_total: int, width: int, scale: float) -> dict[str, Null]:
@@ -277,57 +277,15 @@ def family_null(fam, d: int, draw: str, rank: int, n: int, seed: int, heads: int
 def representation_null(E: Tensor, target, n: int, seed: int, chunk: int = 25) -> dict[str, Null]:
     """Null of ``cov_cosine`` and ``cka`` of a per-layer representation ``H`` (``k x d``): ``E G`` with ``G`` a Gaussian
     ``d x d`` matrix, a random linear read-out of the same embeddings (every representation of a token run alone is a
-    function of its embedding), compared with the same prepared target.  O(d³) per draw after one O(k² d) product."""
+    function of its embedding), compared with the same prepared target: a :class:`~.measures.Family` with
+    ``B_L = E``, ``B_R = I``.  O(d³) per draw after one O(k² d) product."""
     if n <= 0:
         return {m: Null(torch.empty(0, dtype=torch.float64)) for m in ("cov_cosine", "cka")}
     d = E.shape[1]
-    eye = torch.eye(d, dtype=torch.float64, device=E.device)
-    fam = _RepFamily(E.double(), target)
+    fam = Family(E, torch.eye(d, dtype=torch.float64, device=E.device), target, plain=False)
     g = torch.Generator(device=E.device).manual_seed(int(seed))
     vals = {"cov_cosine": [], "cka": []}
     for a in range(0, n, chunk):
-        m = min(chunk, n - a)
-        G = _gauss(g, m, d, d)
-        for k, v in fam.measure_batch(G, eye.expand(m, d, d)).items():
-            if k in vals:
-                vals[k].append(v.cpu())
+        for k, v in fam.measure_batch(_gauss(g, min(chunk, n - a), d, d), None).items():
+            vals[k].append(v.cpu())
     return {k: Null(torch.sort(torch.cat(v)[torch.isfinite(torch.cat(v))]).values) for k, v in vals.items()}
-
-
-class _RepFamily:
-    """``similarities`` of ``X = E G`` (``k x d``) for stacks of ``G``: Family's algebra with the identity on the right."""
-
-    def __init__(self, E: Tensor, target):
-        k = E.shape[0]
-        Z = target.z(E)
-        self.target, self.k = target, k
-        self.ZZ = Z.T @ Z
-        zbar = Z.mean(0)
-        self.ZZc = self.ZZ - k * torch.outer(zbar, zbar)
-        self.Zt1 = Z.T @ target.t1
-        self.t1t1 = float(target.t1 @ target.t1)
-        self.LL = E.T @ E
-        self.lbar = E.mean(0)
-        self.LLc = self.LL - k * torch.outer(self.lbar, self.lbar)
-
-    def measure_batch(self, G: Tensor, I: Tensor) -> dict[str, Tensor]:
-        """``cov_cosine`` and ``cka`` of ``E G_i`` (rows of X centred over their d entries for cov, as :func:`similarities`)."""
-        d = G.shape[-1]
-        C = torch.eye(d, dtype=G.dtype, device=G.device) - 1.0 / d          # centring over X's columns
-        Gt = G.transpose(-2, -1)
-        LtL = Gt @ self.LL @ G
-        # cov: R = I (d x d) centred over its rows: R_c = C; G_R = R_cᵀ R_c = C
-        out = {}
-        num = (C * (Gt @ self.ZZc @ G)).sum((-2, -1))
-        GA = C @ LtL
-        den = torch.sqrt(torch.clamp((GA * GA.transpose(-2, -1)).sum((-2, -1)), min=0.0)) * self.target.norm_cov
-        out["cov_cosine"] = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.full_like(num, float("nan")))
-        lbar = self.lbar @ G
-        zt = Gt @ self.Zt1
-        outer = lambda a, b: a[..., :, None] * b[..., None, :]  # noqa: E731
-        YY = Gt @ self.ZZ @ G - outer(zt, lbar) - outer(lbar, zt) + self.t1t1 * outer(lbar, lbar)
-        num = YY.diagonal(dim1=-2, dim2=-1).sum(-1)                          # G2 = I
-        A = Gt @ self.LLc @ G
-        den = torch.sqrt(torch.clamp((A * A.transpose(-2, -1)).sum((-2, -1)), min=0.0)) * self.target.norm_cka
-        out["cka"] = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.full_like(num, float("nan")))
-        return out

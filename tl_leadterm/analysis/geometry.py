@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from ..errors import LeadTermError
-from ..theory import GEOMETRY, Site
+from ..theory import GEOMETRY, GEOMETRY_REPS, Site
 
-LAYER_KEYS = ("A", "H")
+LAYER_KEYS = tuple(GEOMETRY_REPS)   # "A", "H": one matrix per layer
 
 
 class Geometry:
@@ -44,7 +44,7 @@ class Geometry:
         elif base == "U":
             M = self.U
         else:
-            name = {"A": "attn_in", "H": "resid_pre"}[base]
+            name = GEOMETRY_REPS[base]
             M = self.reps[name][layer].to(self.device, torch.float64)
         return M.T if t == "T" else M
 

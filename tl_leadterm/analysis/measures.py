@@ -15,7 +15,8 @@ Low rank: a model matrix is a :class:`~tl_leadterm.analysis.factored.Factored`
 representations and head averages).  Then ``C_X = L G Lᵀ`` with ``G`` ``r x r`` and
 ``<C_X, C_T> = sum(G * (YᵀY))`` with ``Y = T_xᵀ L``; ``‖C_X‖² = tr((G LᵀL)²)``.  The cost
 per head is ``O(k² r)``; the only ``O(k³)`` work is ``‖C_T‖`` once per basis tensor
-(:class:`Targets` caches it); no ``k x k x k`` product.  A zero-norm matrix gives NaN
+(:class:`Targets` caches it); no ``k x k x k`` product.  A prepared target keeps ``T`` itself (no float64
+``k x k`` copy) and reads it a block of rows at a time in float64 (:class:`Target`).  A zero-norm matrix gives NaN
 with a warning.
 
 Least-squares projection (:func:`projection`): the minimum-norm coefficients of a matrix
@@ -36,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..errors import require
 from .factored import Factored
 
 NAN = float("nan")
@@ -114,42 +116,98 @@ def cka_dense(X: Float[Tensor, "k m"], T: Float[Tensor, "k n"], normalise_target
     return fro_cos(Xc @ Xc.T, Tc @ Tc.T, "cka")
 
 
+#: bytes of one float64 block of rows of a target matrix: :class:`Target` reads ``T`` this many bytes of rows at a
+#: time (256 MiB: 667 rows at k = 50,304; one block, the dense computation, up to k = 5,792)
+BLOCK_BYTES = 256 * 2**20
+
+
 @dataclass
 class Target:
-    """A theory matrix prepared once for repeated comparisons.
+    """A theory matrix prepared once for repeated comparisons, without a float64 ``k x k`` copy.
 
-    ``Tn`` is the row-normalised ``k x k`` matrix, ``t1 = Tnᵀ 1``; ``norm_cov`` and
-    ``norm_cka`` are ‖Tx Txᵀ‖_F for the row-centred (cov) and column-centred (CKA)
-    versions of ``Tn`` (the only ``O(k³)`` steps, done once per basis tensor).
+    ``T`` (``k x k``) is kept as given: one copy, in its own dtype (float32 for a float32 basis).  The row-normalised
+    ``Tn`` is never stored: every product reads ``T`` a block of ``block`` rows at a time, converts the block to
+    float64 (exact) and normalises its rows (:meth:`rows`), so a target costs ``T`` itself plus ``O(block · k)``
+    (:data:`BLOCK_BYTES`).  ``t1 = Tnᵀ 1``; ``norm`` is ``‖T‖_F``; ``norm_cov`` and ``norm_cka`` are
+    ``‖Tx Txᵀ‖_F`` for the row-centred (cov) and column-centred (CKA) versions of ``Tn`` (the only ``O(k³)``
+    steps, done once per basis tensor, a pair of row blocks at a time).
     """
 
     name: str
     T: Tensor
-    Tn: Tensor
     t1: Tensor
+    norm: float
     norm_cov: float
     norm_cka: float
+    block: int
 
     @classmethod
-    def build(cls, T: Float[Tensor, "k k"], name: str = "") -> "Target":
-        T = T.double()
-        Tn = row_normalise(T)
-        norms = []
-        for centre in (centre_rows, centre_cols):  # one k x k temporary pair at a time (k can be 50,304)
-            c = centre(Tn)
-            norms.append(float((c.T @ c).norm()))
-            del c
-        return cls(name, T, Tn, Tn.sum(0), *norms)
+    def build(cls, T: Float[Tensor, "k k"], name: str = "", block: int | None = None) -> "Target":
+        """``block``: rows per block (default: :data:`BLOCK_BYTES` of float64 rows)."""
+        block = max(1, int(block or BLOCK_BYTES // (8 * max(1, T.shape[1]))))
+        tg = cls(name, T, torch.zeros(T.shape[1], dtype=torch.float64, device=T.device), NAN, NAN, NAN, block)
+        sq = torch.zeros((), dtype=torch.float64, device=T.device)
+        for _, Tb in tg.rows(normalised=False):
+            sq += (Tb * Tb).sum()
+            tg.t1 += row_normalise(Tb).sum(0)
+        tg.norm = float(sq.sqrt())
+        tg.norm_cov, tg.norm_cka = tg._centred_norms()
+        return tg
+
+    def rows(self, start: int = 0, normalised: bool = True):
+        """``(i, rows)``: float64 rows ``i : i + block`` of ``Tn`` (``normalised=False``: of ``T``), ``i >= start``."""
+        for i in range(start, self.T.shape[0], self.block):
+            Tb = self.T[i:i + self.block].double()
+            if normalised:
+                Tb = row_normalise(Tb)                            # rebound: one block held, not two
+            yield i, Tb
+
+    @property
+    def Tn(self) -> Tensor:
+        """The row-normalised ``k x k`` matrix in float64, formed on demand (the package never forms it)."""
+        return row_normalise(self.T.double())
+
+    def _centred_norms(self) -> tuple[float, float]:
+        """``‖c cᵀ‖_F`` for ``c`` = ``Tn`` with rows centred and with columns centred: ``‖c cᵀ‖² = Σ_ab ‖c_a c_bᵀ‖²``
+        over pairs of row blocks (``a < b`` counted twice), never a ``k x k`` float64 matrix: at most five blocks of
+        rows at a time (``A``'s two centrings, ``B``, one centring of ``B``, ``S``)."""
+        mean = self.t1 / self.T.shape[0]                          # Tn's column means
+        centre = (centre_rows, lambda X: X - mean)
+        sq = torch.zeros(2, dtype=torch.float64, device=self.T.device)
+        for a, A in self.rows():
+            Ac = [c(A) for c in centre]
+            del A
+            for b, B in self.rows(start=a):
+                for j, c in enumerate(centre):
+                    S = Ac[j] @ c(B).T
+                    sq[j] += (1.0 if b == a else 2.0) * (S * S).sum()
+                    del S
+        n_cov, n_cka = sq.sqrt().tolist()
+        return n_cov, n_cka
 
     def z(self, L: Float[Tensor, "k r"]) -> Float[Tensor, "k r"]:
-        """``Tnᵀ L``, the one ``O(k² r)`` product a comparison needs (shareable across heads)."""
-        return self.Tn.T @ L.to(self.Tn)
+        """``Tnᵀ L``, the one ``O(k² r)`` product a comparison needs (shareable across heads), in float64."""
+        L = L.to(self.T.device, torch.float64)
+        out = None
+        for i, Nb in self.rows():
+            part = (Nb.T, L[i:i + len(Nb)])
+            out = torch.mm(*part) if out is None else out.addmm_(*part)
+        return out
+
+    def between(self, BL: Float[Tensor, "k d"], BR: Float[Tensor, "k e"]) -> Float[Tensor, "d e"]:
+        """``B_Lᵀ T B_R`` in float64 (``O(k² e)``)."""
+        BL, BR = BL.to(self.T.device, torch.float64), BR.to(self.T.device, torch.float64)
+        out = None
+        for i, Tb in self.rows(normalised=False):
+            part = (BL[i:i + len(Tb)].T, Tb @ BR)
+            out = torch.mm(*part) if out is None else out.addmm_(*part)
+        return out
 
 
-def _gram_cos(num: Tensor, G: Tensor, LtL: Tensor, norm_t: float, what: str) -> float:
-    GA = G @ LtL
-    normC = torch.sqrt(torch.clamp((GA * GA.T).sum(), min=0.0))
-    return ratio(num, normC * norm_t, what)
+def _gram_norm(G: Tensor, A: Tensor) -> Tensor:
+    """``‖C‖_F = sqrt(tr((G A)²))`` for ``C = L G Lᵀ`` with ``A = LᵀL`` (stacks ``[..., r, r]``)."""
+    GA = G @ A
+    return torch.sqrt(torch.clamp((GA * GA.transpose(-2, -1)).sum((-2, -1)), min=0.0))
 
 
 def similarities(X: Factored | Tensor, target: Target) -> dict[str, float]:
@@ -167,12 +225,13 @@ def similarities(X: Factored | Tensor, target: Target) -> dict[str, float]:
     Z = target.z(L)
     Rc = centre_cols(R)
     Yc = Z - Z.mean(0, keepdim=True)
-    out = {"cov_cosine": _gram_cos(((Rc.T @ Rc) * (Yc.T @ Yc)).sum(), Rc.T @ Rc, L.T @ L, target.norm_cov, "cov_cosine")}
+    G = Rc.T @ Rc
+    out = {"cov_cosine": ratio((G * (Yc.T @ Yc)).sum(), _gram_norm(G, L.T @ L) * target.norm_cov, "cov_cosine")}
     lbar = L.mean(0)
     Lc = L - lbar
     Yk = Z - torch.outer(target.t1, lbar)
     G = R.T @ R
-    out["cka"] = _gram_cos((G * (Yk.T @ Yk)).sum(), G, Lc.T @ Lc, target.norm_cka, "cka")
+    out["cka"] = ratio((G * (Yk.T @ Yk)).sum(), _gram_norm(G, Lc.T @ Lc) * target.norm_cka, "cka")
     return out
 
 
@@ -201,7 +260,8 @@ def frob_cosine_lowrank(L: Float[Tensor, "k r"], R: Float[Tensor, "k r"], T: Flo
 
 
 class Targets:
-    """Lazily prepared targets of one basis (cached per basis tensor), on ``device``."""
+    """Lazily prepared targets of one basis (cached per basis tensor), on ``device``: each keeps the basis tensor
+    itself (a copy in the basis dtype only when the basis lives on another device) plus ``O(k)`` numbers."""
 
     def __init__(self, basis, device: torch.device | str | None = None):
         self.basis = basis
@@ -215,28 +275,34 @@ class Targets:
 
 
 class Family:
-    """Comparisons of ``X_h = B_L (M_h N_hᵀ) B_Rᵀ`` that share the bases ``B_L``, ``B_R`` (``k x d``).
+    """Comparisons of ``X_h = B_L (M_h N_hᵀ) B_Rᵀ`` that share the bases ``B_L`` (``k x d``) and ``B_R`` (``k' x e``).
 
-    A member is given by its coordinates, the factored ``d x d`` matrix ``Factored(M_h, N_hᵀ)``
-    (for a head: ``Factored(W_Q[h], W_K[h].T)`` or ``Factored(W_V[h], W_O[h])``).
+    A member is given by its coordinates, the factored ``d x e`` matrix ``Factored(M_h, N_hᵀ)``
+    (for a head: ``Factored(W_Q[h], W_K[h].T)`` or ``Factored(W_V[h], W_O[h])``).  ``X_h``'s rows are the ``k``
+    tokens of the target; its columns are the ``k'`` rows of ``B_R``: tokens again (``k' = k``) for heads and
+    circuits, or ``B_R = I`` for a representation ``X = E G`` (``k x d``, ``N = I``: see :meth:`measure_batch`).
 
     Everything a comparison needs is a ``d x d`` Gram matrix of the bases, computed
     once: ``Z_B = Tnᵀ B_L`` (``O(k² d)``, the dominant cost), ``Z_Bᵀ Z_B``, ``B_Lᵀ B_L``,
-    ``B_Rᵀ B_R`` (and their token-centred versions) and ``B_Lᵀ T B_R``.  Each member
+    ``B_Rᵀ B_R`` (and their centred versions) and ``B_Lᵀ T B_R``.  Each member
     (head) then costs ``O(d² r)``, independent of ``k``: e.g. ``YᵀY = Mᵀ (Z_BᵀZ_B) M``.
-    Used for all heads of a layer (``B = attn_in``) and the circuits (``B = W_E``, ``W_Uᵀ``).
+    Used for all heads of a layer (``B = attn_in``), the circuits (``B = W_E``, ``W_Uᵀ``) and the chance level of
+    representations (``B_L = E``, ``B_R = I``: :func:`~tl_leadterm.analysis.chance.representation_null`).
     """
 
     def __init__(self, BL: Tensor, BR: Tensor | None, target: Target, plain: bool):
-        """``BR=None``: the same basis on both sides (``X_h = B M_h N_hᵀ Bᵀ``)."""
+        """``BR=None``: the same basis on both sides (``X_h = B M_h N_hᵀ Bᵀ``).  ``plain`` (the Frobenius cosine with
+        ``T`` itself) needs ``X_h`` to be ``k x k`` (``B_R`` with ``k`` rows)."""
         same = BR is None
         BL = BL.double()
         BR = BL if same else BR.double()
         self.target, self.plain, self.k = target, plain, BL.shape[0]
+        require(not plain or BR.shape[0] == self.k,
+                f"the plain cosine compares k x k matrices: B_R has {BR.shape[0]} rows, expected k = {self.k}")
         k = self.k
         ZB = target.z(BL)
         self.ZZ = ZB.T @ ZB
-        zbar = ZB.mean(0)
+        self.zbar = zbar = ZB.mean(0)
         self.ZZc = self.ZZ - k * torch.outer(zbar, zbar)          # (Z - 1 z̄ᵀ)ᵀ(Z - 1 z̄ᵀ)
         self.Zt1 = ZB.T @ target.t1
         self.t1t1 = float(target.t1 @ target.t1)
@@ -244,10 +310,10 @@ class Family:
         self.lbar = BL.mean(0)
         self.LLc = self.LL - k * torch.outer(self.lbar, self.lbar)
         self.RR = self.LL if same else BR.T @ BR
-        rbar = self.lbar if same else BR.mean(0)
-        self.RRc = self.LLc if same else self.RR - k * torch.outer(rbar, rbar)
-        self.P = (BL.T @ target.T) @ BR if plain else None
-        self.Tnorm = float(target.T.norm())
+        rbar = self.lbar if same else BR.mean(0)                  # centring over X's columns (B_R's k' rows)
+        self.RRc = self.LLc if same else self.RR - BR.shape[0] * torch.outer(rbar, rbar)
+        self.P = target.between(BL, BR) if plain else None
+        self.Tnorm = target.norm
 
     def measure(self, X: Factored) -> dict[str, float]:
         """``cov_cosine``, ``cka`` (and ``cosine`` when ``plain``) of ``B_L X B_Rᵀ``, in O(d² r)."""
@@ -255,37 +321,38 @@ class Family:
         num, den = self._parts(ML[None], MR[None])
         return {m: ratio(num[m][0], den[m][0], m) for m in num}
 
-    def measure_batch(self, M: Tensor, N: Tensor) -> dict[str, Tensor]:
-        """:meth:`measure` of ``n`` members at once: ``M`` ``[n, d, r]``, ``N`` ``[n, r, d]`` (NaN where undefined)."""
-        num, den = self._parts(M.double(), N.double().transpose(-2, -1))
+    def measure_batch(self, M: Tensor, N: Tensor | None) -> dict[str, Tensor]:
+        """:meth:`measure` of ``n`` members at once: ``M`` ``[n, d, r]``, ``N`` ``[n, r, e]`` (NaN where undefined).
+        ``N=None``: the identity (``X_h = B_L M_h B_Rᵀ``, ``M`` ``[n, d, e]``), e.g. a representation ``E G_h``."""
+        num, den = self._parts(M.double(), None if N is None else N.double().transpose(-2, -1))
         return {m: torch.where(den[m] > 0, num[m] / torch.where(den[m] > 0, den[m], 1.0),
                                torch.full_like(num[m], float("nan"))) for m in num}
 
-    def _parts(self, ML: Tensor, MR: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Numerators and denominators of the measures for stacks ``ML``, ``MR`` ``[n, d, r]``."""
+    def _parts(self, ML: Tensor, MR: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Numerators and denominators of the measures for stacks ``ML`` ``[n, d, r]``, ``MR`` ``[n, e, r]``
+        (``None``: the identity)."""
         tg = self.target
-        MLt, MRt = ML.transpose(-2, -1), MR.transpose(-2, -1)
-        LtL = MLt @ self.LL @ ML
-
-        def gram_norm(G, A):
-            GA = G @ A
-            return torch.sqrt(torch.clamp((GA * GA.transpose(-2, -1)).sum((-2, -1)), min=0.0))
-
-        # covariance cosine: G = R_cᵀR_c, Y = (I - 11ᵀ/k) Z
-        G = MRt @ self.RRc @ MR
-        num = {"cov_cosine": (G * (MLt @ self.ZZc @ ML)).sum((-2, -1))}
-        den = {"cov_cosine": gram_norm(G, LtL) * tg.norm_cov}
-        # CKA: G = RᵀR, L centred over tokens, Y = Z - t1 l̄ᵀ
-        G2 = MRt @ self.RR @ MR
-        lbar = self.lbar @ ML                                   # [n, r]
-        zt = MLt @ self.Zt1                                     # [n, r]
+        MLt = ML.transpose(-2, -1)
+        right = (lambda A: A) if MR is None else (lambda A: MR.transpose(-2, -1) @ A @ MR)   # noqa: E731
         outer = lambda a, b: a[..., :, None] * b[..., None, :]  # noqa: E731
-        YY = MLt @ self.ZZ @ ML - outer(zt, lbar) - outer(lbar, zt) + self.t1t1 * outer(lbar, lbar)
+        k = self.k
+        LtL = MLt @ self.LL @ ML
+        MZZ = MLt @ self.ZZ @ ML
+        lbar = self.lbar @ ML                                   # [n, r]
+        zbar = self.zbar @ ML                                   # [n, r]
+        # covariance cosine: G = R_cᵀR_c, Y = (I - 11ᵀ/k) Z; Mᵀ ZZc M = Mᵀ ZZ M - k (Mᵀz̄)(z̄ᵀM) (rank one: no d³)
+        G = right(self.RRc)
+        num = {"cov_cosine": (G * (MZZ - k * outer(zbar, zbar))).sum((-2, -1))}
+        den = {"cov_cosine": _gram_norm(G, LtL) * tg.norm_cov}
+        # CKA: G = RᵀR, L centred over tokens, Y = Z - t1 l̄ᵀ
+        G2 = right(self.RR)
+        zt = MLt @ self.Zt1                                     # [n, r]
+        YY = MZZ - outer(zt, lbar) - outer(lbar, zt) + self.t1t1 * outer(lbar, lbar)
         num["cka"] = (G2 * YY).sum((-2, -1))
-        den["cka"] = gram_norm(G2, MLt @ self.LLc @ ML) * tg.norm_cka
+        den["cka"] = _gram_norm(G2, LtL - k * outer(lbar, lbar)) * tg.norm_cka
         if self.plain:
             n2 = (LtL * G2).sum((-2, -1))
-            num["cosine"] = (ML * (self.P @ MR)).sum((-2, -1))
+            num["cosine"] = (ML * (self.P if MR is None else self.P @ MR)).sum((-2, -1))
             den["cosine"] = torch.sqrt(torch.clamp(n2, min=0.0)) * self.Tnorm
         return num, den
 

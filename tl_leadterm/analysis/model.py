@@ -74,7 +74,7 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
     ``reference``, a model or adapter of the same shapes; ``reference_label`` names it in the table),
     ``gradient`` (needs ``gradient``, token windows ``[n, T]`` or :class:`~tl_leadterm.corpus.Windows`).
     ``null_draws`` random heads per fit group (0: no nulls), seeded by ``seed``.  ``sites``: a subset of
-    :data:`~tl_leadterm.theory.SITES` (default: all that ``circuits`` allows).
+    :data:`~tl_leadterm.theory.SITES` (default: its ``default`` sites that ``circuits`` allows).
     The algebra runs in float64 on ``device`` (default: the model's device).  ``targets``
     (``Targets(basis, device)``) may be shared between calls (``sweep`` does this).
     """
@@ -100,9 +100,17 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
         require(gradient is not None, "the gradient lens needs token windows: give {gradient} (or --gradient-corpus)")
         toks = getattr(gradient, "tokens", gradient)
         grads = head_gradients(ad, toks, batch_size=gradient_batch, progress=progress)
-    wanted = parse_sites(sites) if sites is not None else tuple(SITES)
+    wanted = parse_sites(sites) if sites is not None else tuple(n for n, x in SITES.items() if x.default)
     if not circuits:
         wanted = tuple(n for n in wanted if not SITES[n].extension)
+    have = set(getattr(ad, "representations", ()))
+    missing = [n for n in wanted if not SITES[n].representations <= have]
+    if missing:
+        what = f"{', '.join(missing)} read{'s' if len(missing) == 1 else ''} representations that {ad.name or 'this model'} " \
+               f"does not give (it has {', '.join(sorted(have)) or 'none'})"
+        require(sites is None, f"sites {what}; load the model with tl_leadterm.load_model, or choose other {{sites}}")
+        warnings.warn(f"skipping sites {what}; load the model with tl_leadterm.load_model for them")
+        wanted = tuple(n for n in wanted if n not in missing)
     tg = targets if targets is not None and targets.basis is basis and targets.device == dev else Targets(basis, dev)
     geom = Geometry(ad, basis, dev, batch_size)
     E, U = geom.E, geom.U
@@ -167,9 +175,15 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
                 M, N = lens_factors(lens_name, ad, l, s.circuit, dev, reference=ref, gradients=grads)
                 fam = family(s, l)
                 fper, favg = fam_null_of(s, l, lens_name, M.shape[2])
-                for h in range(ad.n_heads):
-                    emit(rows, checkpoint, l, h, s.name, fam.measure(Factored(M[h], N[h])), nulls=fper, **extra)
-                emit(rows, checkpoint, l, None, s.name, fam.measure(Factored.head_mean(M, N)), nulls=favg, **extra)
+                if LENSES[lens_name].null == "dense":    # N is the identity: a dense d x d P per head, no right factor
+                    got = fam.measure_batch(torch.cat([M, M.mean(0, keepdim=True)]), None)
+                    sims = [{m: float(v[h]) for m, v in got.items()} for h in range(ad.n_heads + 1)]
+                else:
+                    sims = [fam.measure(Factored(M[h], N[h])) for h in range(ad.n_heads)]
+                    sims.append(fam.measure(Factored.head_mean(M, N)))
+                for h, sim in enumerate(sims):
+                    emit(rows, checkpoint, l, h if h < ad.n_heads else None, s.name, sim,
+                         nulls=fper if h < ad.n_heads else favg, **extra)
                 if not (residuals and s.fit):
                     continue
                 fitted = None

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import write_json_atomic, write_text_atomic
+from ..theory import measure_key
 
 COLUMNS = ["checkpoint", "lens", "reference", "layer", "head", "site", "measure", "value", "target",
            "null_mean", "null_q05", "null_q95", "percentile", "rank", "row_token", "col_token", "detail", "extension"]
@@ -40,6 +41,15 @@ def row(checkpoint, layer, head, site, measure, value, target="", detail="", ext
          "measure": measure, "value": float(value), "target": target, "detail": detail, "extension": bool(extension)}
     r.update(extra)
     return r
+
+
+def row_key(r, measure: bool = False) -> str:
+    """The key of a table row (a mapping or namedtuple with ``site``, ``layer``, ``head``, ``measure``): the one key
+    scheme of the monitor, the quick measures and the causal check (:func:`tl_leadterm.theory.measure_key`)."""
+    get = r.get if hasattr(r, "get") else (lambda c: getattr(r, c))
+    layer, head = get("layer"), get("head")
+    return measure_key(str(get("site")), None if pd.isna(layer) else int(layer), None if pd.isna(head) else int(head),
+                       str(get("measure")) if measure else "")
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

@@ -7,7 +7,11 @@ each weight (site ``W_O``, ``V``, ``W``, ``P``) the sub-block is projected by le
 squares onto the span of a set of atoms: by default its own leading term
 (:data:`tl_leadterm.theory.LEADING`: W_O→bigram, V→value, W→key_query, P→position);
 with ``dictionary=True`` all six basis matrices, their transposes, the identity and
-the all-ones matrix (``P``: p̄ and the constant vector).  Coefficients are the
+the all-ones matrix (``P``: p̄ and the constant vector).  Everything is compared as the model's output sees
+it (:func:`visible`): where a constant per row changes nothing (``W_O``: logits, ``W`` and ``P``: attention
+scores, softmax follows) the weight and every atom have their rows centred, exactly as the real-model
+analysis centres a head's rows, and the all-ones atom (invisible there) is left out; ``V`` is compared as
+it is.  Coefficients are the
 minimum-norm least-squares solution (the dictionary is rank-deficient: ΣB̄ is
 symmetric).  Measures: ``coef`` (target = atom), ``cosine`` (cos(W, proj)),
 ``explained`` (‖proj‖²/‖W‖²), ``cosine_leading`` (cos with its own leading term),
@@ -28,27 +32,45 @@ from ..errors import require
 from ..models import adapt
 from ..theory import MATRIX_NAMES, leading, parse_weight
 from .compat import check_compatible
-from .measures import fro_cos, projection, ratio
+from .measures import centre_rows, fro_cos, projection, ratio
 from .residual import pair_detail, sv_detail
 from .table import frame, row
 
 
+def visible(name: str, X: Tensor) -> Tensor:
+    """``X`` as toy weight ``name``'s output sees it: rows centred where a constant per row is invisible
+    (:attr:`tl_leadterm.theory.Leading.centred`: ``W_O``, ``W``, ``P``, ``V·W_O``), else as it is (``V``).
+    The analysis of real heads compares row-centred matrices for the same reason, so ``explained`` means one
+    thing for every model."""
+    return centre_rows(X.double()) if leading(name).centred else X.double()
+
+
+def toy_visible_pair(basis: Basis, name: str, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sub-block, leading term)`` of toy weight ``name`` on the basis tokens (:meth:`Basis.toy_pair`), both
+    through :func:`visible`: what the toy analysis, the monitor and the quick measures compare."""
+    W, lead = basis.toy_pair(name, weight)
+    return visible(name, W), visible(name, lead)
+
+
 def toy_atoms(basis: Basis, name: str, dictionary: bool, length: int | None = None) -> dict[str, Tensor]:
-    """The atoms toy weight ``name`` (``"W_O"``, ``"V"``, ``"V.0"`` ...) is projected on (module docstring)."""
+    """The atoms toy weight ``name`` (``"W_O"``, ``"V"``, ``"V.0"`` ...) is projected on (module docstring),
+    through :func:`visible` (where rows are centred, the all-ones atom is invisible and left out)."""
     lead = leading(name).term
+    centred = leading(name).centred
     if lead == "position":
         p = basis.position.double()[:length]
         atoms = {"position": p}
-        if dictionary:
+        if dictionary and not centred:
             atoms["ones"] = torch.ones_like(p)
-        return atoms
-    if not dictionary:
-        return {lead: getattr(basis, lead).double()}
-    atoms = {name: getattr(basis, name).double() for name in MATRIX_NAMES}
-    atoms.update({f"{name}.T": getattr(basis, name).double().T for name in MATRIX_NAMES})
-    atoms["identity"] = torch.eye(basis.k, dtype=torch.float64)
-    atoms["ones"] = torch.ones(basis.k, basis.k, dtype=torch.float64)
-    return atoms
+    elif not dictionary:
+        atoms = {lead: getattr(basis, lead).double()}
+    else:
+        atoms = {name: getattr(basis, name).double() for name in MATRIX_NAMES}
+        atoms.update({f"{name}.T": getattr(basis, name).double().T for name in MATRIX_NAMES})
+        atoms["identity"] = torch.eye(basis.k, dtype=torch.float64)
+        if not centred:
+            atoms["ones"] = torch.ones(basis.k, basis.k, dtype=torch.float64)
+    return {a: visible(name, t) for a, t in atoms.items()}
 
 
 def decode(basis: Basis, tokenizer=None) -> list[str]:
@@ -69,7 +91,7 @@ def analyze_toy(model, basis: Basis, dictionary: bool = False, checkpoint: str =
     rows = []
     for name, weight in ad.model.weights().items():
         site, layer = parse_weight(name)
-        W, lead_t = basis.toy_pair(name, weight)
+        W, lead_t = toy_visible_pair(basis, name, weight)
         atoms = toy_atoms(basis, name, dictionary, W.shape[0] if W.dim() == 1 else None)
         fit = projection(W, atoms)
         R = fit.residual

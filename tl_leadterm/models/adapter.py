@@ -185,6 +185,10 @@ class ModelAdapter:
                 f"token id {int(ids.max())} is outside the model's vocabulary of {self.d_vocab}; rebuild the basis with the model's tokenizer")
         return ids
 
+    #: the per-layer representations :meth:`token_representations` returns (the sites that read others are not
+    #: available for this model kind)
+    representations: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_in")
+
     def token_representations(self, token_ids: Sequence[int] | Tensor, batch_size: int = 1024
                               ) -> dict[str, list[Float[Tensor, "k d_model"]]]:
         """Per-layer representations of each token run alone (module docstring): lists of ``[k, d_model]``.
