@@ -251,3 +251,20 @@ def test_analyze_model_takes_the_gradient_lens_on_a_raw_hf_model(stories):
                            null_draws=0, residuals=False, progress=False)
     assert set(df.lens) == {"gradient"} and set(df.site) == {"circuit_ov", "circuit_qk"}
     assert len(df) == 2 * LAYERS * (H + 1) * 3 and bool(df.value.notna().all())   # sites x layers x (heads, mean) x measures
+
+
+def test_hf_adapter_weights_and_biases_are_the_models_own_projections():
+    """W_Q/W_K/W_V with b_Q/b_K/b_V reproduce the fused query_key_value per head, W_O with b_O the dense layer."""
+    from tl_leadterm.models.hf import HFNeoXAdapter
+
+    model = tiny_neox()
+    ad = HFNeoXAdapter(model)
+    x = torch.randn(3, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for l in range(LAYERS):
+        att = model.gpt_neox.layers[l].attention
+        qkv = att.query_key_value(x).view(3, H, 3, DH)              # HF's layout: rows (head, q/k/v, d_head)
+        for i, (W, b) in enumerate(((ad.W_Q, ad.b_Q), (ad.W_K, ad.b_K), (ad.W_V, ad.b_V))):
+            got = torch.einsum("nd,hde->nhe", x, W(l)) + b(l)
+            assert rel(got, qkv[:, :, i]) < 1e-12
+        z = torch.randn(3, H, DH, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        assert rel(torch.einsum("nhe,hed->nd", z, ad.W_O(l)) + ad.b_O(l), att.dense(z.reshape(3, -1))) < 1e-12

@@ -74,6 +74,25 @@ class HFNeoXAdapter(ModelAdapter):
         w = self.model.gpt_neox.layers[layer].attention.dense.weight.detach()              # [d, d]: out x (head, d_head)
         return w.T.reshape(self.n_heads, self.d_head, self.d_model)
 
+    def _qkv_bias(self, layer: int, which: int) -> Tensor:
+        b = self.model.gpt_neox.layers[layer].attention.query_key_value.bias
+        if b is None:
+            return torch.zeros(self.n_heads, self.d_head, dtype=self.dtype)
+        return self._by_head(b.detach())[:, which]
+
+    def b_Q(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self._qkv_bias(layer, 0)
+
+    def b_K(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self._qkv_bias(layer, 1)
+
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self._qkv_bias(layer, 2)
+
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        b = self.model.gpt_neox.layers[layer].attention.dense.bias
+        return torch.zeros(self.d_model, dtype=self.dtype) if b is None else b.detach()
+
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.model.get_input_embeddings().weight.detach()
