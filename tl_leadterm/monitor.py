@@ -104,7 +104,7 @@ from .params import check
 from .models import adapt
 from .sinks import JSONLSink, Sink, TensorBoardSink
 from .analysis.toy import toy_visible_pair
-from .theory import SITES, Keyed, leading_coefficient, legacy_key, measure_key, parse_weight
+from .theory import SITES, Keyed, current_keys, leading_coefficient, measure_key, parse_weight
 
 
 # ---------------------------------------------------------------------------
@@ -355,8 +355,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         except ValueError:
             continue
         if isinstance(rec, dict):
-            rec = {g: Keyed({legacy_key(k) or k: x for k, x in v.items()}) if isinstance(v, dict) else v
-                   for g, v in rec.items()}
+            rec = {g: current_keys(v) if isinstance(v, dict) else v for g, v in rec.items()}
         out.append(rec)
     return out
 

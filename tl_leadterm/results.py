@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import LeadTermError, require
-from .theory import LENS_NAMES, legacy_key
+from .theory import LENS_NAMES, current_keys
 from .visual import CVView
 
 _REBUILD = "rebuild it with 'tl-leadterm demo', 'analyze' or 'sweep'"
@@ -249,6 +249,6 @@ def read_monitor(path: Path) -> list[dict]:
                     and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
                             for v in vals.values()),
                     f"{path}: line {n}, {group!r} must map names (letters, digits, '_', '.' and '/') to numbers or null")
-            rec[group] = {legacy_key(k) or k: v for k, v in vals.items()}   # logs of earlier releases: current keys
+            rec[group] = dict(current_keys(vals))   # logs of earlier releases: current keys
         out.append(rec)
     return out

@@ -333,7 +333,7 @@ _LEGACY = (
     (re.compile(r"^resid\.(\d+)$"), r"resid_pre/L\1"),
     (re.compile(r"^qk\.(\d+)$"), r"key_query_resid/L\1"),
     (re.compile(r"^qk\.(\d+)\.(\d+)$"), r"key_query_resid/L\1/H\2"),
-    (re.compile(r"^(V|W|P)\.(\d+)$"), r"\1/L\2"),
+    (re.compile(rf"^({'|'.join(w for w in LEADING if w != 'W_O')})\.(\d+)$"), r"\1/L\2"),   # toy weights, parse_weight
     (re.compile(r"^L(\d+)/([A-Za-z_][A-Za-z0-9_]*)/([A-Za-z_][A-Za-z0-9_]*)$"), r"\2/L\1/\3"),
     (re.compile(r"^qk$"), "key_query"),
     (re.compile(r"^ov$"), "attn_ov"),
@@ -346,6 +346,11 @@ def legacy_key(key: str) -> str | None:
         if pattern.match(key):
             return pattern.sub(repl, key)
     return None
+
+
+def current_keys(values: dict) -> "Keyed":
+    """``values`` with every key of an earlier release replaced by its current key (:func:`legacy_key`)."""
+    return Keyed({legacy_key(k) or k: v for k, v in values.items()})
 
 
 class Keyed(dict):

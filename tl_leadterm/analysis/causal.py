@@ -162,15 +162,11 @@ def head_edit_directions(ad: ModelAdapter, basis: Basis, layer: int, A: Tensor |
     ``site`` (module docstring).  ``A``: the layer's attention inputs of the basis tokens (``k x d``), or a
     :class:`~tl_leadterm.analysis.geometry.Geometry` (needed for sites read through ``resid_pre``)."""
     s = causal_site(site)
-    if isinstance(A, Geometry):
-        L, R = (M.double().cpu() for M in A.outer(s, layer))
-    else:
-        A = A.double().cpu()
-        mats = {"A": A, "E": ad.W_E.double().cpu()[basis.token_ids], "U": ad.W_U.double().cpu()[:, basis.token_ids]}
-        read = lambda key: mats[key[0]].T if key.endswith(".T") else mats[key]  # noqa: E731
-        if s.left[0] not in mats or s.right[0] not in mats:
+    if not isinstance(A, Geometry):
+        if not s.representations <= {"attn_in"}:
             raise LeadTermError(f"site {s.name!r} is read through resid_pre: give head_edit_directions a Geometry")
-        L, R = read(s.left), read(s.right)
+        A = Geometry(ad, basis, "cpu", reps={"attn_in": {layer: A}})
+    L, R = (M.double().cpu() for M in A.outer(s, layer))
     D = L.T @ basis_matrix(basis, s.target).double().cpu() @ R.T
     if s.circuit == "qk":
         WQ, WK = ad.W_Q(layer).double().cpu(), ad.W_K(layer).double().cpu()

@@ -18,8 +18,6 @@ the same inner size, or a ``"dense"`` Gaussian for the gradient).
 
 from __future__ import annotations
 
-import math
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -80,14 +78,6 @@ def check_reference(ad, ref) -> None:
                 "give a {reference} checkpoint of the same model")
 
 
-def _attn_scale(ad, layer: int) -> float:
-    s = getattr(ad.model.blocks[layer].attn, "attn_scale", None)
-    try:
-        return float(s) if s is not None else math.sqrt(ad.d_head)
-    except (TypeError, ValueError):
-        return math.sqrt(ad.d_head)
-
-
 def _qk_term(x: Tensor, Z: Tensor) -> Tensor:
     """``x_q Z_h x_kᵀ`` per head ``[b, H, q, k]`` (unscaled): ``P_QK`` where ``q·kᵀ`` reads it."""
     return torch.einsum("bqd,hde,bke->bhqk", x, Z, x)
@@ -98,45 +88,6 @@ def _ov_term(pattern: Tensor, x: Tensor, Z: Tensor) -> Tensor:
     return torch.einsum("bhqd,hde->bqe", torch.einsum("bhqk,bkd->bhqd", pattern, x), Z)
 
 
-def _tl_loss(ad, batch: Tensor, scores, out) -> Tensor:
-    """The mean loss of ``batch`` with ``scores(l, x) / attn_scale`` added to each layer's attention scores and
-    ``out(l, x, pattern)`` to its output, through TransformerLens hooks (``x``: the attention input)."""
-    model = ad.model
-    require(callable(getattr(model, "run_with_hooks", None)) and getattr(model, "hook_dict", None) is not None,
-            f"the gradient lens needs TransformerLens hook points or a Hugging Face GPT-NeoX model, which "
-            f"{ad.name or type(model).__name__} is not: load it with tl_leadterm.load_model for this lens")
-    x_in: dict[int, Tensor] = {}
-    pat: dict[int, Tensor] = {}
-    hooks = []
-    for l in range(ad.n_layers):
-        scale = _attn_scale(ad, l)
-
-        def save_x(t, hook, l=l):
-            x_in[l] = t.detach()
-            return t
-
-        def save_pre(t, hook, l=l):
-            x_in.setdefault(l, t.detach())   # no LayerNorm: W_Q reads the residual
-            return t
-
-        def add_scores(t, hook, l=l, scale=scale):
-            return t + scores(l, x_in[l]) / scale
-
-        def save_pattern(t, hook, l=l):
-            pat[l] = t.detach()
-            return t
-
-        def add_out(t, hook, l=l):
-            return t + out(l, x_in[l], pat[l])
-
-        name = ad.act_name
-        hooks += [(name("normalized", l, "ln1"), save_x), (name("resid_pre", l), save_pre),
-                  (name("attn_scores", l), add_scores), (name("pattern", l), save_pattern), (name("attn_out", l), add_out)]
-    have = set(getattr(model, "hook_dict", {}) or {})
-    hooks = [(name, fn) for name, fn in hooks if not have or name in have]
-    return model.run_with_hooks(batch, fwd_hooks=hooks, return_type="loss")
-
-
 def head_gradients(ad, tokens: Tensor, *, batch_size: int = 32, progress: bool = False
                    ) -> dict[tuple[int, str], Tensor]:
     """``∂L/∂P`` per layer, circuit and head, with ``P`` a free ``d x d`` matrix per head (``[H, d, d]`` each).
@@ -145,8 +96,9 @@ def head_gradients(ad, tokens: Tensor, *, batch_size: int = 32, progress: bool =
     batches weighted by their size).  The head's output is ``(pattern_h @ x) P_OV`` and its scores carry
     ``x_q P_QK x_kᵀ / attn_scale``, with ``x`` the attention input (what ``W_Q``, ``W_K``, ``W_V`` multiply);
     a zero leaf ``Z`` is added in exactly these places, so ``∂L/∂Z`` at ``Z = 0`` is ``∂L/∂P`` by the chain
-    rule while the forward pass is unchanged: through TransformerLens hooks (``hook_attn_scores`` and
-    ``hook_attn_out``), or on a raw Hugging Face GPT-NeoX (what the training monitor watches) through
+    rule while the forward pass is unchanged.  The adapter adds them (``loss_with_head_terms``): through
+    TransformerLens hooks (``hook_attn_scores`` and ``hook_attn_out``, :meth:`ModelAdapter.loss_with_head_terms
+    <tl_leadterm.models.ModelAdapter.loss_with_head_terms>`), or on a raw Hugging Face GPT-NeoX (what the training monitor watches) through
     :meth:`HFNeoXAdapter.loss_with_head_terms <tl_leadterm.models.HFNeoXAdapter.loss_with_head_terms>`
     (forward hooks on its attention: the logits stay the model's bit for bit; run in eval mode, modes and hooks
     restored).  Rotary models: the QK gradient is that of a position-free bilinear term added to the scores.
@@ -159,7 +111,6 @@ def head_gradients(ad, tokens: Tensor, *, batch_size: int = 32, progress: bool =
     require(tokens.dim() == 2 and tokens.shape[1] >= 2, "gradient windows must be a [n, T] token array with T >= 2")
     require(int(tokens.max()) < ad.d_vocab and int(tokens.min()) >= 0,
             f"a gradient window holds token id {int(tokens.max())}, outside the model's vocabulary of {ad.d_vocab}")
-    run = getattr(ad, "loss_with_head_terms", None) or partial(_tl_loss, ad)   # the former: HFNeoXAdapter
     dev, dtype = ad.device, ad.dtype
     total = {(l, c): torch.zeros(H, d, d, dtype=torch.float64) for l in range(L) for c in CIRCUIT_WEIGHTS}
     n = tokens.shape[0]
@@ -167,7 +118,8 @@ def head_gradients(ad, tokens: Tensor, *, batch_size: int = 32, progress: bool =
         batch = tokens[a:a + batch_size].to(dev)
         Z = {key: torch.zeros(H, d, d, dtype=dtype, device=dev, requires_grad=True) for key in total}
         with torch.enable_grad():
-            loss = run(batch, lambda l, x, Z=Z: _qk_term(x, Z[(l, "qk")]), lambda l, x, p, Z=Z: _ov_term(p, x, Z[(l, "ov")]))
+            loss = ad.loss_with_head_terms(batch, lambda l, x, Z=Z: _qk_term(x, Z[(l, "qk")]),
+                                           lambda l, x, p, Z=Z: _ov_term(p, x, Z[(l, "ov")]))
             grads = torch.autograd.grad(loss * (batch.shape[0] / n), [Z[key] for key in total], allow_unused=True)
         for key, g in zip(total, grads):
             require(g is not None, f"the model did not run the attention hooks of layer {key[0]}; the gradient lens needs "

@@ -36,6 +36,7 @@ Representations (THEORY.md §5)
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -177,6 +178,54 @@ class ModelAdapter:
     def loss(self, tokens, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> float:
         """Mean next-token loss of ``tokens`` ``[batch, pos]`` (optionally with forward hooks)."""
         return float(self.run_with_hooks(tokens, fwd_hooks, return_type="loss"))
+
+    def _attn_scale(self, layer: int) -> float:
+        s = getattr(self.model.blocks[layer].attn, "attn_scale", None)
+        try:
+            return float(s) if s is not None else math.sqrt(self.d_head)
+        except (TypeError, ValueError):
+            return math.sqrt(self.d_head)
+
+    def loss_with_head_terms(self, tokens: Tensor, scores: Callable, out: Callable) -> Tensor:
+        """The mean next-token loss of ``tokens``, differentiable, with ``scores(l, x) / attn_scale`` added to layer
+        ``l``'s attention scores and ``out(l, x, pattern)`` to its attention output (``x``: the attention input, what
+        ``W_Q`` multiplies), through TransformerLens hooks (the gradient lens,
+        :func:`tl_leadterm.analysis.lenses.head_gradients`; a raw Hugging Face GPT-NeoX has its own)."""
+        model = self.model
+        require(callable(getattr(model, "run_with_hooks", None)) and getattr(model, "hook_dict", None) is not None,
+                f"the gradient lens needs TransformerLens hook points or a Hugging Face GPT-NeoX model, which "
+                f"{self.name or type(model).__name__} is not: load it with tl_leadterm.load_model for this lens")
+        x_in: dict[int, Tensor] = {}
+        pat: dict[int, Tensor] = {}
+        hooks = []
+        for l in range(self.n_layers):
+            scale = self._attn_scale(l)
+
+            def save_x(t, hook, l=l):
+                x_in[l] = t.detach()
+                return t
+
+            def save_pre(t, hook, l=l):
+                x_in.setdefault(l, t.detach())   # no LayerNorm: W_Q reads the residual
+                return t
+
+            def add_scores(t, hook, l=l, scale=scale):
+                return t + scores(l, x_in[l]) / scale
+
+            def save_pattern(t, hook, l=l):
+                pat[l] = t.detach()
+                return t
+
+            def add_out(t, hook, l=l):
+                return t + out(l, x_in[l], pat[l])
+
+            name = self.act_name
+            hooks += [(name("normalized", l, "ln1"), save_x), (name("resid_pre", l), save_pre),
+                      (name("attn_scores", l), add_scores), (name("pattern", l), save_pattern),
+                      (name("attn_out", l), add_out)]
+        have = set(getattr(model, "hook_dict", {}) or {})
+        hooks = [(n, fn) for n, fn in hooks if not have or n in have]
+        return model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="loss")
 
     def _check_ids(self, token_ids) -> Tensor:
         ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
