@@ -268,3 +268,16 @@ def test_hf_adapter_weights_and_biases_are_the_models_own_projections():
             assert rel(got, qkv[:, :, i]) < 1e-12
         z = torch.randn(3, H, DH, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
         assert rel(torch.einsum("nhe,hed->nd", z, ad.W_O(l)) + ad.b_O(l), att.dense(z.reshape(3, -1))) < 1e-12
+
+
+def test_sites_a_raw_hf_model_cannot_give_are_skipped_or_refused(stories):
+    """A raw GPT-NeoX returns only resid_pre: the default sites that read attention inputs or resid_mid/post are
+    skipped with a warning; naming one is a one-line error (was a bare KeyError)."""
+    model = tiny_neox(vocab=stories.vocab_size)
+    basis = compute_basis(stories, top_k=stories.vocab_size, progress=False)
+    with pytest.warns(UserWarning, match="skipping sites resid_mid, resid_post, key_query read"):
+        df = analyze_model(model, basis, null_draws=0, residuals=False, progress=False, circuits=False)
+    assert set(df.site) == {"resid_pre", "key_query_resid"}
+    with pytest.raises(LeadTermError, match=r"^sites attn_ov reads representations .* \(it has resid_pre\); load the "
+                                            r"model with tl_leadterm.load_model, or choose other sites$"):
+        analyze_model(model, basis, sites="attn_ov", null_draws=0, progress=False)

@@ -299,19 +299,16 @@ class Family:
         self.target, self.plain, self.k = target, plain, BL.shape[0]
         require(not plain or BR.shape[0] == self.k,
                 f"the plain cosine compares k x k matrices: B_R has {BR.shape[0]} rows, expected k = {self.k}")
-        k = self.k
         ZB = target.z(BL)
         self.ZZ = ZB.T @ ZB
-        self.zbar = zbar = ZB.mean(0)
-        self.ZZc = self.ZZ - k * torch.outer(zbar, zbar)          # (Z - 1 z̄ᵀ)ᵀ(Z - 1 z̄ᵀ)
+        self.zbar = ZB.mean(0)                                    # centred Grams: rank-one corrections (_parts)
         self.Zt1 = ZB.T @ target.t1
         self.t1t1 = float(target.t1 @ target.t1)
         self.LL = BL.T @ BL
         self.lbar = BL.mean(0)
-        self.LLc = self.LL - k * torch.outer(self.lbar, self.lbar)
         self.RR = self.LL if same else BR.T @ BR
         rbar = self.lbar if same else BR.mean(0)                  # centring over X's columns (B_R's k' rows)
-        self.RRc = self.LLc if same else self.RR - BR.shape[0] * torch.outer(rbar, rbar)
+        self.RRc = self.RR - BR.shape[0] * torch.outer(rbar, rbar)
         self.P = target.between(BL, BR) if plain else None
         self.Tnorm = target.norm
 
