@@ -295,6 +295,8 @@ def test_truncated_basis_file(good_basis_file, tmp_path, keep):
 def test_foreign_and_text_basis_files(tmp_path):
     from safetensors.torch import save_file
 
+    from tl_leadterm.tensorfiles import seal
+
     save_file({"weight": torch.zeros(3)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     assert "is not a tl_leadterm basis file" in load_error(tmp_path / "model.safetensors")
     save_file({"weight": torch.zeros(3)}, str(tmp_path / "nometa.safetensors"))
@@ -310,13 +312,15 @@ def test_tampered_basis_file(good_basis_file, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from tl_leadterm.tensorfiles import seal
+
     with safe_open(str(good_basis_file), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = dict(f.metadata())
 
     def variant(name, tensors=tensors, **meta_over):
         path = tmp_path / f"{name}.safetensors"
-        save_file(tensors, str(path), metadata={**meta, **meta_over})
+        save_file(tensors, str(path), metadata=seal(tensors, {**meta, **meta_over}))   # re-sealed: the deeper checks
         return load_error(path)
 
     assert "lacks tensors key_query" in variant("nokq", {k: v for k, v in tensors.items() if k != "key_query"})

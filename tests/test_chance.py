@@ -139,7 +139,7 @@ def test_planted_heads_are_found_and_the_others_are_chance(corpus, basis, tmp_pa
     r = ad.d_head
     Mp, Np = best_rank_fit(E, U, basis.value_output.double(), r)
     Mq, Nq = best_rank_fit(E, E.T, basis.key_query.double(), r)
-    plants = {(1, "ov", 2): (Mp, Np), (0, "ov", 1): (-Mp, Np), (1, "qk", 0): (Mq, Nq.T)}
+    plants = {(1, "ov", 2): (Mp, Np), (0, "ov", 1): (-Mp, Np), (1, "qk", 0): (Mq, Nq.T), (0, "qk", 3): (-Mq, Nq.T)}
     pl = Planted(ad, plants)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -156,12 +156,18 @@ def test_planted_heads_are_found_and_the_others_are_chance(corpus, basis, tmp_pa
     assert p <= 0.01 and v < -0.2
     p, v = pct("circuit_qk", "key_query", 1, 0)
     assert p >= 0.99 and v > 0.2
+    p, v = pct("circuit_qk", "key_query", 0, 3)
+    assert p <= 0.01 and v < -0.2
     ranking = rank_heads(df)
     ov = ranking[ranking.site == "circuit_ov"]
     assert ov.above_chance.sum() == 1 and (ov[ov.above_chance][["layer", "head"]].values.tolist() == [[1, 2]])
     assert ov[ov.anti_aligned][["layer", "head"]].values.tolist() == [[0, 1]]
     qk = ranking[ranking.site == "circuit_qk"]
     assert qk[qk.above_chance][["layer", "head"]].values.tolist() == [[1, 0]]
+    assert qk[qk.anti_aligned][["layer", "head"]].values.tolist() == [[0, 3]]
+    # ranked by percentile (then distance from the null): the planted heads first and last
+    assert ov.iloc[0][["layer", "head"]].tolist() == [1, 2] and ov.iloc[-1][["layer", "head"]].tolist() == [0, 1]
+    assert ov.iloc[0].null_z > 5 and ov.iloc[-1].null_z < -5
     assert not ranking[(ranking.site == "circuit_ov") & ranking.above_chance].empty
     # a negative coefficient is never "explained" in the ranking's flags
     assert not ranking[(ranking.signed_cosine < 0) & ranking.above_chance].any().any()
@@ -173,12 +179,79 @@ def test_planted_heads_are_found_and_the_others_are_chance(corpus, basis, tmp_pa
     assert summ.loc[("weights", "circuit_ov"), "best"] == "L1H2" and summ.loc[("weights", "circuit_ov"), "above_chance"] == 1
     assert summ.loc[("weights", "circuit_qk"), "best"] == "L1H0"
     assert "anti-aligned" in summ.loc[("weights", "circuit_ov"), "sentence"]
+    assert summ.loc[("weights", "circuit_ov"), "most_anti"] == "L0H1"
+    assert summ.loc[("weights", "circuit_qk"), "most_anti"] == "L0H3"
+    assert summ.loc[("weights", "circuit_ov"), "best_family_p"] < 0.05
+    from tl_leadterm.analysis.findings import featured
+    assert [(w, r.layer, r["head"]) for w, r in featured(df, "circuit_ov")] == [("best", 1, 2), ("most anti-aligned", 0, 1)]
     out = tmp_path_factory.mktemp("planted_report")
     write_results(df, out)
     html = build_report(out, out / "report.html").read_text(encoding="utf-8")
     assert "Findings: Analysis" in html and "best L1H2" in html and "best L1H0" in html
     for other in ("L0H0", "L0H2", "L0H3", "L1H1", "L1H3"):
         assert f"best {other} " not in html
+    # the findings come first, before any per-table section; the featured residuals are the planted heads'
+    assert html.index(">Findings: Analysis</h3>") < html.index(">Analysis (analysis.csv)</h2>")
+    assert "the best OV head L1H2" in html and "the most anti-aligned OV head L0H1" in html
+    for other in ("L0H0", "L0H2", "L0H3", "L1H0", "L1H1", "L1H3"):
+        assert f"OV head {other}" not in html
+
+
+def test_a_random_model_features_no_head(corpus, basis, tmp_path_factory):
+    """Nothing planted: the summary calls every site chance (or at most a lean), names no head, and the report
+    features none (ranking, summary and report agree)."""
+    from tl_leadterm.analysis import summary, write_results
+    from tl_leadterm.analysis.findings import featured
+    from tl_leadterm.report import build_report
+
+    ad = _random_adapter(corpus, tmp_path_factory, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = analyze_model(ad, basis, "init", progress=False, null_draws=200, n_singular=1, top=2,
+                           sites="circuit_ov,circuit_qk,key_query")
+    summ = summary(df)
+    assert set(summ.best) <= {"none beyond chance", "none stands out"} and set(summ.most_anti) == {""}
+    assert summ.expected_by_chance.tolist() == pytest.approx((0.05 * summ.tested).tolist()) and (summ.tested == 8).all()
+    assert all("no head is featured" in t or "no single head stands out" in t for t in summ.sentence)
+    assert featured(df, "circuit_ov") == []
+    out = tmp_path_factory.mktemp("random_report")
+    write_results(df, out)
+    html = build_report(out, out / "report.html").read_text(encoding="utf-8")
+    assert "No OV head stands out" in html and "OV head L" not in html
+
+
+def test_family_statistics_against_direct_computations():
+    import math
+    from statistics import NormalDist
+
+    from tl_leadterm.analysis.findings import binomial_tail, family_p
+    from tl_leadterm.analysis.heads import null_z
+
+    for n, m in ((8, 0), (8, 1), (8, 3), (40, 5), (64, 7), (3, 4)):
+        direct = sum(math.comb(n, j) * 0.05 ** j * 0.95 ** (n - j) for j in range(m, n + 1))
+        assert binomial_tail(n, m) == pytest.approx(min(1.0, direct), rel=1e-12, abs=1e-15)
+    assert 0 < binomial_tail(5000, 300) < 1e-2          # large n: no overflow
+    assert family_p(3.0, 8) == pytest.approx(8 * (1 - NormalDist().cdf(3.0)), rel=1e-12)
+    assert family_p(0.1, 100) == 1.0 and math.isnan(family_p(float("nan"), 3))
+    # the null's sd from its 5th and 95th percentiles: exact for a Gaussian
+    assert null_z(1.0 + 2 * 0.3, 1.0, 1.0 - 1.6448536 * 0.3, 1.0 + 1.6448536 * 0.3) == pytest.approx(2.0, rel=1e-6)
+    assert math.isnan(null_z(1.0, 0.0, 0.5, 0.5))
+
+
+def test_the_signed_cosine_null_has_a_gaussian_tail():
+    """What null_z assumes: over many draws of one null, the share beyond z = 2.33 (z from the null's own q05/q95)
+    is close to a Gaussian's 1%, and beyond 3.09 close to 0.1%."""
+    from tl_leadterm.analysis.heads import null_z
+
+    k, d, r, n = 60, 16, 4, 20000
+    g = torch.Generator().manual_seed(3)
+    L, R, T = rand(k, d, g=g), rand(d, k, g=g), rand(k, k, g=g)
+    per, _ = SiteFit(L, R, {"t": T}).null("product", r, n, seed=1, heads=1)
+    x = per["t"].draws
+    q05, q95 = float(torch.quantile(x, 0.05)), float(torch.quantile(x, 0.95))
+    z = torch.tensor([null_z(float(v), float(x.mean()), q05, q95) for v in x])
+    assert 0.006 <= float((z > 2.326).double().mean()) <= 0.016
+    assert float((z > 3.09).double().mean()) <= 0.003
 
 
 def test_random_heads_spread_as_chance_predicts(corpus, basis, tmp_path_factory):
@@ -194,9 +267,12 @@ def test_random_heads_spread_as_chance_predicts(corpus, basis, tmp_path_factory)
         pcts += s.percentile.tolist()
     t = torch.tensor(pcts)
     assert len(pcts) == 3 * 2 * 4 * 5
-    assert float((t >= 0.95).double().mean()) <= 0.15
-    assert float((t <= 0.05).double().mean()) <= 0.15
-    assert 0.3 <= float(t.mean()) <= 0.7
+    # about 5% in each tail, not fewer (a null too wide) and not more (too narrow); uniform overall
+    assert 0.01 <= float((t >= 0.95).double().mean()) <= 0.12
+    assert 0.01 <= float((t <= 0.05).double().mean()) <= 0.12
+    assert 0.4 <= float(t.mean()) <= 0.6 and 0.22 <= float(t.std()) <= 0.36
+    ecdf = torch.arange(1, len(t) + 1, dtype=torch.float64) / len(t)
+    assert float((t.sort().values - ecdf).abs().max()) <= 0.15          # Kolmogorov-Smirnov distance to uniform
 
 
 def test_similarity_nulls_equal_explicit_draws():

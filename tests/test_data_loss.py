@@ -82,16 +82,37 @@ def test_report_leaves_the_plots_folder_of_the_user_alone(ws, tmp_path):
     (d / "plots" / "mine.txt").write_text("my notes")
     (d / "plots" / "analysis_explained.png").write_bytes(b"my own figure of that name")
     (d / "report_plots").mkdir()
-    (d / "report_plots" / "stale.png").write_bytes(b"from an older report")   # the report's own folder: replaced
+    (d / "report_plots" / "mine.txt").write_text("a user's file in the report's plots folder: kept")
+    (d / "report_plots" / "stale.png").write_bytes(b"from an older report")
+    (d / "report_plots" / ".tl_leadterm-report.json").write_text('{"files": ["stale.png"]}')   # what it wrote: replaced
     (d / "keep.txt").write_text("mine too")
     before_plots = snapshot(d / "plots")
     rc, err = run(["report", "--results", ws / "res", "--out", d / "report.html"])
     assert rc == 0, err
     assert snapshot(d / "plots") == before_plots and (d / "keep.txt").read_text() == "mine too"
     assert (d / "report_plots" / "analysis_explained.png").is_file() and not (d / "report_plots" / "stale.png").exists()
+    assert (d / "report_plots" / "mine.txt").read_text().startswith("a user's file")
     first = snapshot(d)
     assert run(["report", "--results", ws / "res", "--out", d / "report.html"])[0] == 0
     assert snapshot(d) == first and hidden(d) == [] and hidden(tmp_path) == []
+
+
+def test_report_never_deletes_a_users_plots_folder_or_files(ws, tmp_path):
+    """``report --out r.html`` beside a user's own ``r_plots/``: the folder and its files stay; a user file that has
+    the name of one of the report's plots is refused in one line, nothing changed."""
+    (tmp_path / "r_plots").mkdir()
+    (tmp_path / "r_plots" / "mine.txt").write_text("user")
+    rc, err = run(["report", "--results", ws / "res", "--out", tmp_path / "r.html"])
+    assert rc == 0, err
+    assert (tmp_path / "r_plots" / "mine.txt").read_text() == "user" and (tmp_path / "r.html").is_file()
+    d = tmp_path / "two"
+    (d / "r_plots").mkdir(parents=True)
+    (d / "r_plots" / "analysis_explained.png").write_bytes(b"my own figure")
+    before = snapshot(d)
+    rc, err = run(["report", "--results", ws / "res", "--out", d / "r.html"])
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert rc == 2 and len(lines) == 1 and "was not written by a report" in lines[0], err
+    assert snapshot(d) == before and hidden(d) == []
 
 
 def test_two_reports_in_one_folder_keep_their_own_plots(ws, tmp_path):

@@ -90,8 +90,27 @@ def test_demo_report_has_the_real_model_section(demo):
     out, _ = demo
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Trained GPT-NeoX model (neox_analysis.csv)" in html and "Beyond the leading term: Trained GPT-NeoX model" in html
-    assert "Heads ranked by signed cosine" in html and "least aligned OV head" in html
+    assert "Heads ranked per site" in html
     assert "Findings: Trained GPT-NeoX model" in html and "How to read these numbers" in html
+    # the findings are stated at the top: before any view, table section or per-model section
+    assert html.index(">Findings</h2>") < html.index('class="cv-view"')
+    assert html.index(">Findings</h2>") < html.index(">Trained GPT-NeoX model (neox_analysis.csv)</h2>")
+    # only heads that stand out from chance are featured, the same ones in the summary and the residual tables
+    from tl_leadterm.analysis import summary
+    from tl_leadterm.analysis.findings import featured
+    from tl_leadterm.results import read_table
+
+    df = read_table(out / "neox_analysis.csv")
+    picks = featured(df[df.lens == "weights"], "circuit_ov")
+    ov = summary(df).set_index(["lens", "site"]).loc[("weights", "circuit_ov")]
+    assert [f"L{int(r.layer)}H{int(r['head'])}" for w, r in picks if w == "best"] == (
+        [ov.best] if ov.best.startswith("L") else [])
+    for what, r in picks:
+        assert f"the {what} OV head L{int(r.layer)}H{int(r['head'])} at {r.checkpoint}" in html
+    if not picks:
+        assert "No OV head stands out" in html
+    import re
+    assert set(re.findall(r"OV head (L\d+H\d+)", html)) == {f"L{int(r.layer)}H{int(r['head'])}" for _, r in picks}
     assert (out / "plots" / "neox_analysis_signed_circuit_ov.png").is_file()
     assert (out / "plots" / "neox_analysis_retention_weights_circuit_ov.png").is_file()
 

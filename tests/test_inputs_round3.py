@@ -23,10 +23,10 @@ import torch
 from tl_leadterm import LeadTermError, compute_basis, load_corpus, windows_from_tokens
 from tl_leadterm.basis import Basis
 from tl_leadterm.cli import main
-from tl_leadterm.shards import load_pass2_input, merge_pass1, merge_pass2, shard_pass1, shard_pass2
-from tl_leadterm.streams import open_stream
-from tl_leadterm.tensorfiles import load_safetensors, save_safetensors_atomic, tensor_digests
-from tl_leadterm.tokenfiles import write_indexed
+from tl_leadterm.basis.shards import load_pass2_input, merge_pass1, merge_pass2, shard_pass1, shard_pass2
+from tl_leadterm.corpus.streams import open_stream
+from tl_leadterm.tensorfiles import SEAL, load_safetensors, metadata_digest, save_safetensors_atomic, tensor_digests
+from tl_leadterm.corpus.tokenfiles import write_indexed
 
 V, T, N = 60, 8, 3
 IDS = list(range(0, V, 3))
@@ -83,7 +83,8 @@ def deadline(seconds=60):
 
 
 def rewrite(src, dst, *, tensors=None, meta=None, drop=(), redigest=True):
-    """A copy of safetensors file ``src`` with tensors / metadata replaced (tensor digests recomputed unless told)."""
+    """A copy of safetensors file ``src`` with tensors / metadata replaced (tensor digests and the seal over the
+    metadata recomputed unless told: the deeper checks must catch what a re-sealing tamperer does)."""
     t, m = load_safetensors(src, "file")
     t.update(tensors or {})
     for k in drop:
@@ -91,6 +92,8 @@ def rewrite(src, dst, *, tensors=None, meta=None, drop=(), redigest=True):
     if redigest:
         m["tensor_digests"] = tensor_digests(t)
     m.update(meta or {})
+    if redigest:
+        m[SEAL] = metadata_digest(m)
     save_safetensors_atomic(dst, t, m)
     return dst
 
@@ -255,8 +258,8 @@ MERGE1_CASES = [
     ("junk shard digits", _c(S1[1], meta={"shard": "1/³"}), "metadata 'shard'"),
     ("junk mode", _c(S1[1], meta={"mode": "guess"}), "metadata 'mode'"),
     ("junk format", _c(S1[1], meta={"format": "something"}), "not a tl_leadterm shard file"),
-    ("junk digests record", _c(S1[1], meta={"tensor_digests": "{not json"}, redigest=False), "tensor_digests"),
-    ("no digests", lambda ws, tmp: _no_digests(ws, tmp), "no tensor digests"),
+    ("junk digests record", _c(S1[1], meta={"tensor_digests": "{not json"}, redigest=False), "content digest"),
+    ("no digests", lambda ws, tmp: _no_digests(ws, tmp), "no content digest"),
     ("junk windows", _c(S1[1], meta={"windows": "999"}), "windows"),
     ("junk corpus windows", _c(S1[1], meta={"corpus_windows": "-4"}), "corpus_windows"),
     ("token ids duplicated", lambda ws, tmp: rewrite(ws / S1[1], tmp / "bad.safetensors",
@@ -397,10 +400,17 @@ def test_basis_load_refuses_altered_tensors(ws, tmp_path, name, change):
 
 
 def test_basis_written_before_digests_loads_with_a_warning(ws, tmp_path):
+    """Only a file of the format written before digests (basis/1) loads without them, with a warning; a file of
+    the current format with its digests removed is refused."""
+    from tl_leadterm.basis.value import LEGACY_FORMAT
+
     t, m = load_safetensors(ws / "b.safetensors", "f")
-    m.pop("tensor_digests")
+    m.pop("tensor_digests"), m.pop(SEAL)
+    save_safetensors_atomic(tmp_path / "stripped.safetensors", t, m)
+    api_error(lambda: Basis.load(tmp_path / "stripped.safetensors"), "records no content digest")
+    m["format"] = LEGACY_FORMAT
     save_safetensors_atomic(tmp_path / "old.safetensors", t, m)
-    with pytest.warns(UserWarning, match="before tensor digests were recorded"):
+    with pytest.warns(UserWarning, match="before content digests were recorded"):
         b = Basis.load(tmp_path / "old.safetensors")
     assert torch.equal(b.bigram, t["bigram"])
     with warnings.catch_warnings():
@@ -687,8 +697,8 @@ def test_codecs_that_are_not_text_encodings(ws, tmp_path, encoding, fragment):
 # class 7: temporary token files of killed runs are removed; a full disk is one line
 # ---------------------------------------------------------------------------
 def test_temporary_token_files_of_killed_runs_are_removed(ws, tmp_path):
-    from tl_leadterm.streams import open_text_stream
-    code = ("import os, sys; from tl_leadterm.streams import open_text_stream; "
+    from tl_leadterm.corpus.streams import open_text_stream
+    code = ("import os, sys; from tl_leadterm.corpus.streams import open_text_stream; "
             f"s = open_text_stream({str(ws / 'c.txt')!r}, seq_len=8, workdir={str(tmp_path)!r}); os._exit(9)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 9, r.stderr
@@ -705,7 +715,7 @@ def test_temporary_token_files_of_killed_runs_are_removed(ws, tmp_path):
 def test_a_full_disk_while_tokenizing_is_one_line(ws, tmp_path, monkeypatch):
     import builtins
 
-    import tl_leadterm.streams as streams
+    import tl_leadterm.corpus.streams as streams
 
     class Full(io.RawIOBase):
         def __init__(self, path, mode):

@@ -166,7 +166,7 @@ def _api_cases(ws):
         ("infinite lr", lambda: train_toy(toy, w, lr=float("inf"), steps=1, progress=False), "lr must be a positive number"),
         ("steps a float", lambda: train_toy(toy, w, lr=0.1, steps=1.5, progress=False), "steps must be an integer"),
         ("monitor with another corpus' basis", lambda: TrainingMonitor(toy, Basis.load(ws / "other.safetensors")), "tokenizer"),
-        ("analysis top negative", lambda: analyze_model(toy, Basis.load(ws / "b.safetensors"), top=-1), "top and n_singular"),
+        ("analysis top negative", lambda: analyze_model(toy, Basis.load(ws / "b.safetensors"), top=-1), "top must be an integer >= 0"),
         ("causal seeds 0", lambda: causal_check(toy, Basis.load(ws / "b.safetensors"), w, seeds=0), "seeds must be >= 1"),
         ("save a float16 basis", lambda: Basis.load(ws / "b.safetensors").to(dtype=torch.float16).save(ws / "h.safetensors"),
          "float64 or float32"),
@@ -189,13 +189,13 @@ def test_tampered_word_list_is_refused(ws, tmp_path):
     from safetensors import safe_open
 
     from tl_leadterm.basis import Basis
-    from tl_leadterm.io import save_safetensors_atomic
+    from tl_leadterm.tensorfiles import save_safetensors_atomic, seal
     with safe_open(str(ws / "b.safetensors"), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     rec = json.loads(meta["tokenizer"])
     rec["words"][2], rec["words"][3] = rec["words"][3], rec["words"][2]        # swap two labels
     meta["tokenizer"] = json.dumps(rec)
-    save_safetensors_atomic(tmp_path / "t.safetensors", tensors, meta)
+    save_safetensors_atomic(tmp_path / "t.safetensors", tensors, seal(tensors, meta))   # re-sealed: the word list's own check
     with pytest.raises(LeadTermError, match="does not match its recorded fingerprint"):
         Basis.load(tmp_path / "t.safetensors")
 

@@ -4,6 +4,7 @@ dense recomputation from TransformerLens' own weights, and the toy model through
 import math
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 
@@ -184,6 +185,28 @@ def test_pair_details_decode_tokens(table, basis):
     assert eval(q) in strs and eval(k) in strs  # noqa: S307 (repr of a token string)
 
 
+def test_pairs_and_directions_have_join_columns(table, basis):
+    """residual_pair / residual_sv rows carry rank, row_token and col_token beside the readable detail, and the
+    table's integer columns join without fillna."""
+    strs = basis.token_strs()
+    cell = {(t if t.isprintable() else t.encode("unicode_escape").decode("ascii")): t for t in strs}  # '\n' escaped
+    for m in ("residual_pair", "residual_sv"):
+        rows = table[table.measure == m]
+        assert len(rows) and rows["rank"].notna().all() and pd.api.types.is_integer_dtype(rows["rank"])
+        for _, r in rows.head(12).iterrows():
+            assert r.detail.startswith(f"#{int(r['rank'])}: ")
+            a, b = cell[r.row_token], cell[r.col_token]
+            if m == "residual_pair":
+                assert r.detail == f"#{int(r['rank'])}: {a!r} -> {b!r}"
+            else:
+                rows_part, cols_part = r.detail.split(": ", 1)[1].split(" | ")
+                assert rows_part.startswith(f"rows {a!r}") and cols_part.startswith(f"cols {b!r}")
+    assert pd.api.types.is_integer_dtype(table["layer"]) and pd.api.types.is_integer_dtype(table["head"])
+    per_head = table[table["head"].notna()]
+    joined = per_head.merge(per_head, on=["checkpoint", "lens", "layer", "head", "site", "measure", "target", "rank"])
+    assert len(joined) >= len(per_head)
+
+
 def test_similarity_rows_stay(table):
     old = table[~table.extension & (table.site == "key_query")]
     assert set(old.measure) == {"cov_cosine", "cka"}
@@ -209,7 +232,9 @@ def test_rank_heads(table, adapter):
     assert set(r.site) == set(HEAD_SITES) and len(r) == len(HEAD_SITES) * adapter.n_layers * adapter.n_heads
     for _, g in r.groupby(["site", "lens"]):
         assert list(g["rank"]) == list(range(1, len(g) + 1))
-        assert (g.signed_cosine.diff().dropna() <= 0).all()
+        # by percentile, then distance from the null (null_z), best first
+        keys = list(zip(g.percentile, g.null_z))
+        assert keys == sorted(keys, reverse=True)
         assert (g.explained == g.signed_cosine ** 2).all() or ((g.explained - g.signed_cosine ** 2).abs() < 1e-12).all()
         assert not (g.above_chance & (g.signed_cosine <= 0)).any()
 

@@ -16,9 +16,9 @@ import torch
 from tl_leadterm import LeadTermError, compute_basis, windows_from_tokens
 from tl_leadterm.basis import Basis
 from tl_leadterm.cli import main
-from tl_leadterm.streams import open_stream
-from tl_leadterm import tokenfiles
-from tl_leadterm.tokenfiles import write_indexed
+from tl_leadterm.corpus.streams import open_stream
+from tl_leadterm.corpus import tokenfiles
+from tl_leadterm.corpus.tokenfiles import write_indexed
 
 V, T = 60, 8
 NAMES = ("bigram", "context", "interchange", "value", "value_output", "key_query", "position")
@@ -263,7 +263,7 @@ def test_text_streamed_through_a_token_file_equals_load_corpus(tmp_path):
     """Text is read a document at a time, tokenized in batches into a temporary token file and streamed: the same
     windows, basis and fingerprint as the in-memory corpus, and the temporary file is gone with the stream."""
     from tl_leadterm import load_corpus
-    from tl_leadterm.streams import open_text_stream
+    from tl_leadterm.corpus.streams import open_text_stream
     txt = tmp_path / "c.txt"
     txt.write_text("\n<|endoftext|>\n".join(f"story {i}: the bird flew. naïve fish swam {i % 7} times." for i in range(400)))
     mem = load_corpus(txt, seq_len=12)

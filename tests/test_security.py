@@ -345,7 +345,24 @@ def _plots_cases():
         ("lines all nan", lambda p: plots.similarity_vs_step(ser([nan, nan]), p)),
         ("lines $ series", lambda p: plots.similarity_vs_step(ser([0.1, 0.2], names=dollar), p, title="$\\q$", ylabel="$x")),
         ("lines infinite step", lambda p: plots.similarity_vs_step(pd.DataFrame(dict(step=[1.0, inf], series="a", value=[0.1, 0.2])), p)),
+        # huge finite values cannot set a limit either (matplotlib cannot lay out ticks near the float limit)
+        ("lines 1e308", lambda p: plots.similarity_vs_step(ser([1e308, 1e308]), p)),
+        ("lines ±1e308", lambda p: plots.similarity_vs_step(ser([0.1, 1e308, -1e308]), p)),
+        ("lines huge step", lambda p: plots.similarity_vs_step(pd.DataFrame(dict(step=[1.0, 1e308], series="a", value=[0.1, 0.2])), p)),
+        ("bars ±1e308", lambda p: plots.explained_bars(_tbl([1e308, -1e308]), p)),
+        ("heatmap 1e308", lambda p: plots.checkpoint_heatmap(_tbl([1e308, 0.5], measure="coef"), p, measure="coef", site="V")),
+        ("head grid -1e308", lambda p: plots.head_grid(_tbl([-1e308], heads=(0, 1), measure="coef"), p, site="V", measure="coef")),
+        ("signed heatmap 1e308", lambda p: plots.signed_heatmap(_signed([1e308, -1e308, 0.2]), p, site="circuit_ov")),
+        ("retention 1e308", lambda p: plots.retention_plot(_signed([1e308, -1e308, 0.2], heads=(None,)), p, site="circuit_ov")),
     ]
+
+
+def _signed(values, heads=(0, 1)):
+    """Signed-cosine rows at circuit_ov with a chance band, one checkpoint per value."""
+    return pd.DataFrame([dict(checkpoint=f"step{i}", lens="weights", layer=0, head=np.nan if h is None else h,
+                              site="circuit_ov", measure="signed_cosine", target="value_output", value=v,
+                              percentile=1.0, null_q05=-0.1, null_q95=0.1)
+                         for i, v in enumerate(values) for h in heads])
 
 
 PLOTS = _plots_cases()
@@ -382,6 +399,20 @@ def test_report_of_dollar_labels_and_infinite_values(tmp_path):
     assert rc == 0, err
     assert "Traceback" not in err
     assert (tmp_path / "r_plots" / "analysis_heatmap_V.png").is_file()
+
+
+@pytest.mark.parametrize("which", ["analysis", "monitor"])
+def test_report_of_huge_finite_values(tmp_path, which):
+    """±1e308 is finite, so the readers accept it; the plots leave it out of every limit (the report is written)."""
+    f = base_files()
+    if which == "analysis":
+        f["analysis.csv"] = [{**r, "value": 1e308 if i % 2 else -1e308} for i, r in enumerate(f["analysis.csv"])]
+    else:
+        f["monitor.jsonl"] = [{**r, "similarity": {"W_O": 1e308 * (1 if i % 2 else -1)}} for i, r in enumerate(f["monitor.jsonl"])]
+    res = write_folder(tmp_path / "res", f)
+    rc, err = run(["report", "--results", res, "--out", tmp_path / "r.html"])
+    assert rc == 0 and "Traceback" not in err, err
+    assert (tmp_path / "r.html").is_file()
 
 
 # ---------------------------------------------------------------------------

@@ -289,3 +289,38 @@ def test_anti_aligned_heads_are_called_so(trained_toy, stories_basis):
     assert "anti-aligned with the leading term" in names[1] and "TV to uniform" in names[0]
     st = comp.scale_table()
     assert st.aligned.iloc[0] == "anti-aligned" and st.uniform_tv.between(0, 1).all()
+
+
+def test_colour_scales_are_fixed_and_chance_cells_grey(tmp_path, monkeypatch):
+    """Signed heatmaps: one symmetric diverging scale for the whole measure, chance cells (0.05 < percentile < 0.95)
+    without colour and covered grey; bounded measures: the fixed scale, whatever the data's range."""
+    import matplotlib.axes
+    rows = []
+    vals = {(0, 0): 0.30, (0, 1): -0.02, (1, 0): 0.035, (1, 1): -0.5}
+    pcts = {(0, 0): 1.0, (0, 1): 0.40, (1, 0): 0.60, (1, 1): 0.0}
+    for c in ("step1", "step4"):
+        for (l, h), v in vals.items():
+            rows.append(dict(checkpoint=c, lens="weights", layer=l, head=h, site="circuit_ov", measure="signed_cosine",
+                             target="value_output", value=v if c == "step1" else v / 2, percentile=pcts[(l, h)]))
+            rows.append(dict(checkpoint=c, lens="weights", layer=l, head=h, site="key_query", measure="cov_cosine",
+                             target="key_query", value=0.035 + 0.003 * h, percentile=pcts[(l, h)]))
+    df = pd.DataFrame(rows)
+    calls = []
+    orig = matplotlib.axes.Axes.imshow
+
+    def spy(self, X, *a, **k):
+        calls.append((np.ma.array(X), k.get("vmin"), k.get("vmax"), k.get("cmap")))
+        return orig(self, X, *a, **k)
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    plots.signed_heatmap(df, tmp_path / "s.png", site="circuit_ov")
+    (X, lo, hi, cmap), (G, *_rest) = calls
+    assert lo == -hi == -0.5 and cmap == "RdBu_r"                 # symmetric around 0, over every head and checkpoint
+    chance = np.array([[False, False], [True, True], [True, True], [False, False]])    # rows L0H0, L0H1, L1H0, L1H1
+    assert (np.ma.getmaskarray(X) == chance).all()                  # chance cells carry no colour ...
+    assert (~np.ma.getmaskarray(G) == chance).all()                 # ... and are covered grey
+    assert X[0, 0] == 0.30 and X[3, 1] == -0.25
+    calls.clear()
+    plots.checkpoint_heatmap(df, tmp_path / "c.png", measure="cov_cosine", site="key_query", rows="head", layer=1)
+    (X, lo, hi, cmap), (G, *_rest) = calls
+    assert (lo, hi) == (-1.0, 1.0)                                  # fixed, not the data's 0.035 .. 0.038
+    assert (~np.ma.getmaskarray(G) == np.array([[True, True], [False, False]])).all()

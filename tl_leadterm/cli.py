@@ -30,8 +30,17 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``error: ...`` saying where the options are listed (no usage
+    block: the user asked for nothing but the fix), exit status 2 like every other user error."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"error: {message}; run '{self.prog} --help' for the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tl-leadterm",
         description="Gradient leading terms (Im et al., ICLR 2026) for TransformerLens models: "
                     "build the basis of a corpus, train the paper's toy model, compare model weights with the basis, "
@@ -74,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print(f"error: give a command ({', '.join(parser._subparsers._group_actions[0].choices)}); run 'tl-leadterm "
+              "--help' for what each does", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -368,8 +368,10 @@ class DemoConfig(Config):
     def _check_together(self) -> None:
         require(self.neox_steps > 0 or not self.keep_checkpoints,
                 "{keep_checkpoints} needs GPT-NeoX checkpoints: set {neox_steps} >= 1")
-        require(self.no_pythia or self.pythia_tokenizer is None or Path(self.pythia_tokenizer).is_file(),
-                f"{{pythia_tokenizer}} {self.pythia_tokenizer} not found; give the Pythia tokenizer.json or {{no_pythia}}")
+        if not self.no_pythia and self.pythia_tokenizer is not None:
+            from .io import input_path
+
+            input_path(self.pythia_tokenizer, "{pythia_tokenizer}", "give the Pythia tokenizer.json or {no_pythia}")
 
     @property
     def checkpoint_steps(self) -> list[int]:

@@ -15,7 +15,10 @@
 * paths are made absolute first, so ``.`` and names without a folder (``report.html``) work;
 * safetensors files (:mod:`tl_leadterm.tensorfiles`, importable from here too) are written with sorted header
   keys, so identical tensors and metadata give identical bytes;
-* every ``OSError`` (a full disk included) becomes a one-line :class:`LeadTermError` that names the path.
+* every ``OSError`` (a full disk included) becomes a one-line :class:`LeadTermError` that names the path;
+* every path a command or reader *reads* goes through :func:`input_path`, the one rule for inputs: a path that
+  does not exist, a broken link, a folder where a file is needed and a device or other special file
+  (``/dev/null``) are each named as such, in one line that names what the path was given as.
 """
 
 from __future__ import annotations
@@ -383,6 +386,29 @@ def recover_commit(trash: str | os.PathLike) -> None:
     if acted:
         warnings.warn(f"a run writing to {target} was killed while it committed its results; its partial results were "
                       "removed and the previous results were put back", stacklevel=2)
+
+
+def input_path(path: str | os.PathLike, what: str, hint: str = "check the path", *, folder: bool = False,
+               missing_ok: bool = False) -> Path:
+    """The one rule for every input path: ``path`` as a :class:`~pathlib.Path` if it is a regular file (or, with
+    ``folder=True``, a folder), else a one-line error naming ``what`` it was given as and what it is: not found,
+    a broken symbolic link, a folder, or a device or other special file (``/dev/null``, a FIFO), followed by
+    ``hint``.  ``missing_ok=True``: a path that does not exist is returned as it is (it may be a hub name or a
+    prefix the caller resolves), but one that exists must still be a file (or folder)."""
+    p = Path(os.fspath(path))
+    if p.is_symlink() and not p.exists():
+        raise LeadTermError(f"{what} {p} is a broken symbolic link; {hint}")
+    if not p.exists():
+        if missing_ok:
+            return p
+        raise LeadTermError(f"{what} {p} not found; {hint}")
+    if p.is_dir():
+        if folder:
+            return p
+        raise LeadTermError(f"{what} {p} is a folder, not a file; {hint}")
+    if not p.is_file():
+        raise LeadTermError(f"{what} {p} is a device or special file, not a {'file or folder' if folder else 'file'}; {hint}")
+    return p
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

@@ -240,8 +240,9 @@ class TrainingMonitor:
                  max_tokens: int | None = 256, keep_records: bool = True, sinks: Sequence[Sink] = (),
                  null_draws: int = 100, seed: int = 0):
         require(isinstance(basis, Basis), f"the monitor needs a tl_leadterm Basis, got {type(basis).__name__}; load one with Basis.load")
-        every, null_draws = check("every", every), check("null_draws", null_draws)
-        check("lr", lr, optional=True)
+        every, lr, null_draws, seed = check("every", every), check("lr", lr, optional=True), check("null_draws", null_draws), \
+            check("seed", seed)
+        max_tokens = check("max_tokens", max_tokens, optional=True)
         for s in sinks:
             require(isinstance(s, Sink), f"a monitor sink needs write(record) and close() methods, got {type(s).__name__}; "
                                          "see tl_leadterm.sinks")
@@ -275,15 +276,19 @@ class TrainingMonitor:
 
     # -- the hook a training loop calls ---------------------------------------
     def callback(self, step: int, model=None, loss: float | Tensor | None = None) -> dict | None:
-        """Call after every optimiser step; logs (and returns the record) when ``step % every == 0``."""
-        if step % self.every != 0:
+        """Call after every optimiser step; logs (and returns the record) when ``step % every == 0``.
+
+        ``step``: an integer >= 0 (anything else is a one-line error, before any measuring)."""
+        if check("step", step) % self.every != 0:
             return None
         return self.log(step, model, loss)
 
     __call__ = callback
 
     def log(self, step: int, model=None, loss: float | Tensor | None = None) -> dict | None:
-        """Measure and write one record now.  Never raises: failures warn."""
+        """Measure and write one record now.  ``step``: an integer >= 0 (else a one-line error); otherwise never
+        raises: failures to measure or write warn."""
+        step = check("step", step)
         t0 = time.perf_counter()
         model = self.model if model is None else model
         try:
@@ -346,8 +351,9 @@ def attach(model, basis: Basis, path=None, **kwargs) -> TrainingMonitor:
 def read_records(path: str | os.PathLike) -> list[dict]:
     """The records of a monitor JSONL file (a torn last line is skipped), their groups keyed by the key scheme
     (a log of an earlier release is read into the current keys; the old keys still answer, :class:`Keyed`)."""
-    p = Path(path)
-    require(p.is_file(), f"monitor log {p} not found; check the path")
+    from .io import input_path
+
+    p = input_path(path, "monitor log")
     out = []
     for line in p.read_text(encoding="utf-8").splitlines():
         try:
@@ -381,7 +387,7 @@ def toy_monitor_for_cli(model, windows, path, *, every: int, lr: float | None, d
     """
     from .basis import compute_basis
 
-    k = min(windows.vocab_size, max_k)
+    k = min(windows.vocab_size, check("max_k", max_k, key="top_k"))
     basis = compute_basis(windows, top_k=k, dtype=dtype, device=device, progress=False)
     return TrainingMonitor(model, basis, path, every=every, lr=lr)
 

@@ -158,7 +158,8 @@ def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes
         notes.append("trained GPT-NeoX section skipped (--neox-steps 0)")
         return "no trained GPT-NeoX"
     from . import visual
-    from .analysis import analyze_model, head_fit, rank_heads, sweep, write_results
+    from .analysis import analyze_model, head_fit, sweep, write_results
+    from .analysis.findings import featured
     from .models import load_model, train_pythia
 
     name = f"GPT-NeoX trained {cfg.neox_steps} steps (2 layers, 4 heads, d_model 64, word tokenizer)"
@@ -180,24 +181,22 @@ def _neox_section(cfg: DemoConfig, out: Path, windows, basis, views: list, notes
                                  sites="circuit_ov,circuit_qk,key_query,circuit_ov_embed")
         df = pd.concat([df, grad], ignore_index=True)
         write_results(df, out, "neox_analysis")
-        ranking = rank_heads(df[df["lens"] == "weights"])
         ad = load_model(str(ckpts[steps[-1]]))
         ad.name = name
         comp = visual.compare_attention(ad, basis, cfg.text, name=name)
         scale_tables.append(comp.scale_table())
         views += [("Attention: trained GPT-NeoX", v) for v in comp.views()]
-        ov = ranking[(ranking["checkpoint"] == f"step{steps[-1]}") & (ranking["site"] == "circuit_ov")]
         strs = basis.token_strs()
-        up = ov[ov["above_chance"]] if ov["percentile"].notna().any() else ov
-        picks = ([("best above-chance", up.iloc[0])] if len(up) else []) + [("least aligned", ov.iloc[-1])]
-        if not len(up):
-            notes.append(f"no OV head of the trained GPT-NeoX is above chance at step{steps[-1]}: none is featured")
-        for what, r in picks:     # never a head at chance as "explained"
-            l, h = int(r["layer"]), int(r["head"])
-            f = head_fit(ad, basis, l, h, "circuit_ov")
+        picks = featured(df[df["lens"] == "weights"], "circuit_ov")
+        if not picks:
+            notes.append("no OV head of the trained GPT-NeoX stands out from random heads: none is featured")
+        for what, r in picks:     # never a head at chance
+            l, h, ck = int(r["layer"]), int(r["head"]), str(r["checkpoint"])
+            f = head_fit(load_model(str(ckpts[steps[labels.index(ck)]])), basis, l, h, "circuit_ov")
             if f.singular:
                 views.append(("Beyond the leading term: trained GPT-NeoX", visual.residual_view(
-                    f, strs, f"{what} OV head L{l}H{h} (signed cosine {r['signed_cosine']:.2g}): residual directions")))
+                    f, strs, f"{what} OV head L{l}H{h} at {ck} (signed cosine {r['signed_cosine']:.2g}, percentile "
+                             f"{r['percentile']:.2f}): residual directions")))
         assoc = visual.associations(basis, list(cfg.tokens), model=ad, top=8)
         write_text_atomic(out / "neox_associations.csv", assoc.to_csv(index=False))
         views += [("Association explorer: trained GPT-NeoX", visual.association_view(assoc, tok))
@@ -249,7 +248,7 @@ def _pythia_section(cfg: DemoConfig, out: Path, views: list, notes: list, scale_
         mdir = save_random_pythia(Path(d) / "pythia", tok, n_layers=2, d_model=64, n_heads=4, seed=cfg.seed)
         ad = load_model(str(mdir))
         ad.name = "random Pythia-architecture model (2 layers, 4 heads, d_model 64)"
-        df = analyze_model(ad, basis, checkpoint="init", progress=False)
+        df = analyze_model(ad, basis, checkpoint="init", progress=False, null_draws=cfg.null_draws, seed=cfg.seed)
         write_table(df, out, "model_analysis")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -60,8 +60,21 @@ def _title(text, width: int, lines: int = 4) -> str:
     return plain("\n".join(rows))
 
 
+#: the largest magnitude drawn on an axis or a colour scale: matplotlib cannot lay out ticks over ranges near the
+#: float limit (±1e308), so larger values are left out like non-finite ones (their labels still say what they are)
+PLOT_MAX = 1e100
+
+
+def _plottable(values) -> np.ndarray:
+    """``values`` as floats with everything that cannot set a limit (non-finite, |v| > :data:`PLOT_MAX`) as NaN."""
+    a = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(a) & (np.abs(a) <= PLOT_MAX), a, np.nan)
+
+
 def _finite(values) -> np.ndarray:
-    a = np.asarray(values, dtype=float).ravel()
+    """The values that may set an axis or colour limit (finite and within :data:`PLOT_MAX`), flattened."""
+    a = _plottable(values).ravel()
     return a[np.isfinite(a)]
 
 
@@ -126,9 +139,9 @@ def similarity_vs_step(series: pd.DataFrame, path, *, title: str = "Similarity t
                        ylabel: str = "cosine similarity to leading term", logx: bool | None = None) -> Path:
     """Lines of ``value`` against ``step``, one per ``series`` (columns ``step, series, value``)."""
     require(len(series) > 0, "nothing to plot: the table has no similarity rows")
-    ok = np.isfinite(pd.to_numeric(series["step"], errors="coerce").astype(float)) & np.isfinite(
-        pd.to_numeric(series["value"], errors="coerce").astype(float))
-    series = series[ok]   # NaN/inf points are left out (a line has a gap there)
+    ok = np.isfinite(_plottable(pd.to_numeric(series["step"], errors="coerce").astype(float))) & np.isfinite(
+        _plottable(pd.to_numeric(series["value"], errors="coerce").astype(float)))
+    series = series[ok]   # NaN/inf (and beyond PLOT_MAX) points are left out (a line has a gap there)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     names = sorted(series["series"].astype(str).unique(), key=_series_key)
     styles = ["-", "--", ":", "-."]
@@ -218,7 +231,7 @@ def _imshow(ax, values: np.ndarray, cmap, vmin=None, vmax=None):
     fin = _finite(values)
     lo = vmin if vmin is not None else (float(fin.min()) if fin.size else 0.0)
     hi = vmax if vmax is not None else (float(fin.max()) if fin.size else 1.0)
-    return ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
+    return ax.imshow(np.ma.masked_invalid(_plottable(values)), aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
 
 
 def _annotate(ax, values: np.ndarray, threshold: float | None = None) -> None:
@@ -273,11 +286,11 @@ def explained_bars(df: pd.DataFrame, path, *, checkpoint: str | None = None, mea
     order = sorted(range(len(names)), key=lambda i: _series_key(names[i]))
     fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(names) + 2), 3.8))
     vals = [float(sub["value"].iloc[i]) for i in order]
-    shown = [v if math.isfinite(v) else 0.0 for v in vals]     # a non-finite value: no bar, its label says what it is
+    shown = [v if math.isfinite(v) and abs(v) <= PLOT_MAX else 0.0 for v in vals]  # else no bar; the label says what it is
     bars = ax.bar([plain(names[i]) for i in order], shown, color="tab:blue", label=plain(measure))
     for b, v, h in zip(bars, vals, shown):
-        ax.text(b.get_x() + b.get_width() / 2, h, "n/a" if math.isnan(v) else f"{v:.2f}" if math.isfinite(v)
-                else ("inf" if v > 0 else "-inf"), ha="center", va="bottom", fontsize=8)
+        ax.text(b.get_x() + b.get_width() / 2, h, "n/a" if math.isnan(v) else f"{v:.2f}" if abs(v) <= PLOT_MAX
+                else f"{v:.3g}" if math.isfinite(v) else ("inf" if v > 0 else "-inf"), ha="center", va="bottom", fontsize=8)
     fin = _finite(vals)
     ax.set_ylim(min(0.0, float(fin.min()) * 1.1 if fin.size else 0.0), max(1.05, float(fin.max()) * 1.1 if fin.size else 1.0))
     ax.set_xlabel("weight.layer")
@@ -321,7 +334,7 @@ def signed_heatmap(df: pd.DataFrame, path, *, site: str, lens: str = "weights", 
     lim = lim if lim > 0 else 1.0
     chance = ((pct.values > 0.05) & (pct.values < 0.95)) if pct.size else np.zeros_like(vals, dtype=bool)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(ckpts) + 2.5), max(2.4, 0.3 * len(piv) + 1.6)))
-    shown = np.where(chance, np.nan, vals)
+    shown = np.where(chance, np.nan, _plottable(vals))
     im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     grey = np.ma.masked_where(~chance, np.ones_like(vals))
     ax.imshow(grey, aspect="auto", cmap="Greys", vmin=0, vmax=4, alpha=0.9)
@@ -354,10 +367,11 @@ def retention_plot(df: pd.DataFrame, path, *, site: str, lens: str = "weights", 
     colours = plt.get_cmap("tab10")
     for i, (layer, g) in enumerate(sub.groupby("layer", sort=True)):
         g = g.assign(step=g["checkpoint"].map(checkpoint_step)).dropna(subset=["step"]).sort_values("step")
-        x = g["step"].to_numpy(dtype=float) + 1.0
-        ax.plot(x, g["value"], marker="o", color=colours(i % 10), label=f"layer {int(layer)}")
+        x = _plottable(g["step"].to_numpy(dtype=float) + 1.0)
+        ax.plot(x, _plottable(g["value"]), marker="o", color=colours(i % 10), label=f"layer {int(layer)}")
         if g["null_q05"].notna().any():
-            ax.fill_between(x, g["null_q05"], g["null_q95"], color=colours(i % 10), alpha=0.15, linewidth=0)
+            ax.fill_between(x, _plottable(g["null_q05"]), _plottable(g["null_q95"]), color=colours(i % 10), alpha=0.15,
+                            linewidth=0)
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.axhline(0.0, color="gray", linewidth=0.5)
     ax.set_xscale("log")

@@ -165,7 +165,7 @@ def add_analysis_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: s
         return
     # real model
     if "lens" in df and (df["measure"] == "signed_cosine").any():
-        add_findings_section(rep, df, plots_dir, stem, label, ckpts)
+        add_lens_section(rep, df, plots_dir, stem, label, ckpts)
         df = df[df["lens"] == "weights"]
     meas = "cov_cosine" if "cov_cosine" in set(df["measure"]) else str(df["measure"].iloc[0])
     for site in ("key_query", "resid_pre", "resid_post"):
@@ -192,6 +192,7 @@ def add_beyond_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str
     """Per head: what the leading term explains modulo row offsets, the ranking, and the residual beyond it."""
     from . import plots
     from .analysis import rank_heads
+    from .analysis.findings import featured
     from .analysis.heads import HEAD_SITES
 
     last = ckpts[-1]
@@ -209,26 +210,33 @@ def add_beyond_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str
                                   title=f"{label}: signed cosine at {site}, head × checkpoint (weights)")
             rep.image(out[0], f"Every head at {site} across checkpoints: signed cosine with its leading term, one diverging "
                               "scale for the whole measure; grey cells are at chance (percentile between 0.05 and 0.95).")
-    rep.table(ranking, caption=f"Heads ranked by signed cosine per site at {last} (above_chance: percentile >= 0.95 and "
-                               "positive; anti_aligned: percentile <= 0.05).", max_rows=40)
-    ov = ranking[ranking["site"] == "circuit_ov"]
-    picks = {}
-    if len(ov):
-        up = ov[ov["above_chance"]] if has_null else ov
-        if len(up):
-            picks["best above-chance" if has_null else "best aligned"] = up.iloc[0]
-        else:
-            rep.text(f"No OV head is above chance at {last}: no head is featured as explained by Ḡ.", "note")
-        picks["least aligned"] = ov.iloc[-1]
-    for what, r in picks.items():
-        sel = ((df["checkpoint"] == last) & (df["site"] == "circuit_ov") & (df["layer"] == r["layer"])
-               & (df["head"] == r["head"]) & df["measure"].isin(["residual_pair", "residual_sv"]))
-        pct = "" if pd.isna(r["percentile"]) else f", percentile {r['percentile']:.2f}"
+    rep.table(ranking.drop(columns=["null_mean", "null_q05"]), max_rows=40,
+              caption=f"Heads ranked per site at {last} by percentile, then distance from the null (null_z, in null "
+                      "standard deviations), then signed cosine (above_chance: percentile >= 0.95 and positive; "
+                      "anti_aligned: percentile <= 0.05; each flag is a 5% test, so about 1 random head in 20 gets it).")
+
+    if has_null:
+        picks = featured(df, "circuit_ov")
+        if not picks and (ranking["site"] == "circuit_ov").any():
+            rep.text("No OV head stands out from random heads read through the same geometry (Findings, above): none is "
+                     "featured, its residual being no more telling than a random head's.", "note")
+    else:   # no chance level: the extremes at the last checkpoint, said to be unjudged
+        ov = ranking[ranking["site"] == "circuit_ov"]
+        picks = [("best aligned (no chance level)", ov.iloc[0]), ("least aligned (no chance level)", ov.iloc[-1])] if len(ov) else []
+    for what, r in picks:
+        ck = r["checkpoint"]
+        sel = ((df["checkpoint"] == ck) & (df["lens"] == r["lens"]) & (df["site"] == "circuit_ov")
+               & (df["layer"] == r["layer"]) & (df["head"] == r["head"]) & df["measure"].isin(["residual_pair", "residual_sv"]))
+        pct = "" if pd.isna(r["percentile"]) else f", percentile {r['percentile']:.2f}, {r['null_z']:.1f} null sd"
         rep.table(df[sel][["measure", "value", "rank", "row_token", "col_token", "detail"]].reset_index(drop=True),
-                  caption=f"Beyond the leading term, {what} OV head L{int(r['layer'])}H{int(r['head'])} "
+                  caption=f"Beyond the leading term, the {what} OV head L{int(r['layer'])}H{int(r['head'])} at {ck} "
                           f"(signed cosine {r['signed_cosine']:.3g}{pct}): largest residual entries (source → output token) "
                           "and top singular directions of the residual.")
 
+
+#: the analysis tables a results folder may hold, and how the report names them
+TABLES = (("analysis.csv", "Analysis"), ("neox_analysis.csv", "Trained GPT-NeoX model"),
+          ("model_analysis.csv", "Pythia-architecture model"))
 
 READING_GUIDE = (
     "How to read these numbers. cosine: the plain Frobenius cosine of a head's token-space matrix with the theory "
@@ -238,24 +246,48 @@ READING_GUIDE = (
     "anti-alignment, never 'explained'. cov_cosine: the paper's representational similarity (row covariances), blind to "
     "sign and strongly shaped by the embeddings alone. Use signed_cosine with its percentile: the fraction of random "
     "heads of the same shape, read through the same embeddings and inputs, that it beats. A head is above chance at "
-    "percentile >= 0.95 with a positive sign; anti-aligned at <= 0.05.")
+    "percentile >= 0.95 with a positive sign; anti-aligned at <= 0.05. Each flag is one test at the 5% level: among "
+    "many heads about 1 in 20 random heads passes, so count passes against that (the findings above do) before "
+    "reading one head. A percentile from N null draws is itself uncertain (about ±0.015 at 0.95 with 200 draws; "
+    "raise --null-draws to sharpen it); null_z, the distance from the null mean in null standard deviations, still "
+    "separates heads beyond every draw.")
 
 
-def add_findings_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str, label: str, ckpts: list) -> None:
-    """What was found: per lens and site, heads above chance, the best one and a sentence; retention per layer."""
-    from . import plots
-    from .analysis.findings import retention, summary
+def add_findings_summary(rep: Report, tables: list[tuple[str, pd.DataFrame]]) -> None:
+    """The report's top section: per table (model), lens and site, heads above chance against what chance gives,
+    the head that stands out (if any) and one sentence each (:func:`tl_leadterm.analysis.summary`), and how to
+    read the numbers."""
+    from .analysis.findings import summary
 
-    rep.heading(f"Findings: {label}", level=3)
-    summ = summary(df)
-    if len(summ) == 0:
-        rep.text("No per-head fits with chance levels in this table.", "note")
+    found = [(label, summary(df)) for label, df in tables
+             if "lens" in df and (df["measure"] == "signed_cosine").any()]
+    found = [(label, summ) for label, summ in found if len(summ)]
+    if not found:
         return
-    for lens, g in summ.groupby("lens", sort=False):
-        rep.text(f"Lens '{lens}': " + " ".join(g["sentence"].tolist()))
-    rep.table(summ.drop(columns=["sentence"]), caption="Per lens and site: head-checkpoint pairs above chance (percentile >= "
-                                                     "0.95, positive), where, and the best one.", max_rows=40)
+    rep.heading("Findings")
+    rep.text("What the per-head fits found, judged against their chance level: random heads of the same shapes read "
+             "through the same embeddings and inputs (README: 'A chance level for every fit'). A site counts as evidence "
+             "only when more head-checkpoint pairs pass the 95th percentile than chance gives, and a head is named only "
+             "when it stands out among all the pairs tested.")
+    for label, summ in found:
+        rep.heading(f"Findings: {label}", level=3)
+        for lens, g in summ.groupby("lens", sort=False):
+            rep.text(f"Lens '{lens}': " + " ".join(g["sentence"].tolist()))
+        rep.table(summ.drop(columns=["sentence"]), caption="Per lens and site: head-checkpoint pairs tested and above "
+                  "chance (percentile >= 0.95, positive), how many chance gives (5%) and the binomial p of the count, "
+                  "where, and the head that stands out family-wise (z: null standard deviations; family p: Bonferroni "
+                  "over the pairs tested), if any.", max_rows=40)
     rep.text(READING_GUIDE)
+
+
+def add_lens_section(rep: Report, df: pd.DataFrame, plots_dir: Path, stem: str, label: str, ckpts: list) -> None:
+    """Retention per layer and the update and gradient lenses of one table (its findings are at the top)."""
+    from . import plots
+    from .analysis.findings import retention
+
+    if not ((df["lens"] != "weights").any() or df["checkpoint"].nunique() > 1):
+        return
+    rep.heading(f"Retention and lenses: {label}", level=3)
     ret = retention(df)
     if len(ret):
         rep.table(ret, caption="Retention per layer (head average, own target): the peak, the first checkpoint below the "
@@ -323,7 +355,12 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
             rep.table(pd.DataFrame([{"setting": k, "value": json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}
                                     for k, v in facts.items()], columns=["setting", "value"]))
             found += 1
-    # ---- findings summary: the lead's summary section goes here (a function called with rep, dirs) ----
+    tables = {}   # every table read once, its findings stated at the top
+    for i, d in enumerate(dirs):
+        for fname, label in TABLES:
+            if (d / fname).is_file():
+                tables[(i, fname)] = (f"{label} ({d.name})" if len(dirs) > 1 else label, read_table(d / fname))
+    add_findings_summary(rep, list(tables.values()))
     views: list[tuple[str, CVView]] = list(extra_views or [])
     for d in dirs:
         if (d / "views.json").is_file():
@@ -370,10 +407,9 @@ def build_report(results: Path | str | list, out: Path | str, *, title: str = "t
                 rep.image(out_p[0], "Cosine of each toy weight with its leading term, logged during training "
                                     "(the paper's figure: the leading term dominates early).")
                 found += 1
-        for fname, label in (("analysis.csv", "Analysis"), ("neox_analysis.csv", "Trained GPT-NeoX model"),
-                             ("model_analysis.csv", "Pythia-architecture model")):
-            if (d / fname).is_file():
-                df = read_table(d / fname)
+        for fname, label in TABLES:
+            if (i, fname) in tables:
+                df = tables[(i, fname)][1]
                 rep.heading(f"{label} ({fname})")
                 if len(df) == 0:
                     rep.text("The table is empty.", "note")

@@ -1,5 +1,7 @@
 """safetensors files: a deterministic writer that streams tensors to the file, a reader whose failures are one
-line, and content digests of tensors (recorded in a file's metadata and checked on load)."""
+line, and the seal of a file: content digests of its tensors and one digest over all of its metadata (those
+digests included), recorded in the metadata (:func:`seal`) and checked on load (:func:`check_seal`), so that
+neither a tensor nor a metadata field can be swapped, edited, added or removed unnoticed."""
 
 from __future__ import annotations
 
@@ -80,6 +82,45 @@ def tensor_digest(t) -> str:
     return h.hexdigest()
 
 
+#: the metadata key of the digest over all the other metadata (:func:`seal`)
+SEAL = "content_digest"
+#: a version string as the package writes it (anything else in a file's metadata is refused)
+VERSION_RE = r"[0-9]+(\.[0-9]+){0,3}([.+-]?[A-Za-z0-9]+){0,4}"
+
+
+def metadata_digest(meta: dict) -> str:
+    """sha256 of every metadata field but :data:`SEAL` (keys sorted, canonical JSON)."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def seal(tensors: dict, meta: dict) -> dict:
+    """``meta`` with ``tensor_digests`` (:func:`tensor_digests`) and :data:`SEAL`, the digest of all of it."""
+    meta = {str(k): str(v) for k, v in meta.items() if k not in ("tensor_digests", SEAL)}
+    meta["tensor_digests"] = tensor_digests(tensors)
+    meta[SEAL] = metadata_digest(meta)
+    return meta
+
+
+def check_seal(tensors: dict, meta: dict, what: str, allowed=None) -> None:
+    """Refuse a file whose seal is missing or does not match (``what`` names it): a metadata field or a tensor
+    edited, added or removed.  ``allowed``: the metadata keys such a file may hold (others are refused)."""
+    if allowed is not None:
+        extra = sorted(set(meta) - set(allowed) - {"tensor_digests", SEAL})
+        if extra:
+            raise LeadTermError(f"{what} has unknown metadata {', '.join(map(repr, extra[:3]))} (the file was altered or "
+                                "not written by tl_leadterm); rebuild it")
+    if SEAL not in meta or "tensor_digests" not in meta:
+        raise LeadTermError(f"{what} records no content digest (the file was altered, or written by an older version); "
+                            "rebuild it")
+    if meta[SEAL] != metadata_digest(meta):
+        raise LeadTermError(f"{what}: its metadata does not match its recorded content digest (the file was altered: a "
+                            "field edited, added or removed); rebuild it")
+    check_tensor_digests(tensors, meta["tensor_digests"], what)
+
+
 def check_tensor_digests(tensors: dict, recorded: str, what: str) -> None:
     """Refuse ``tensors`` whose content is not what :func:`tensor_digests` recorded (``what`` names the file)."""
     try:
@@ -103,11 +144,9 @@ def load_safetensors(path: str | os.PathLike, what: str) -> tuple[dict, dict[str
     """Read all tensors and the metadata; any failure is a one-line :class:`LeadTermError`."""
     from safetensors import safe_open
 
-    p = Path(path)
-    if p.is_dir():
-        raise LeadTermError(f"{what} {p} is a folder, not a file; give the path of the .safetensors file")
-    if not p.is_file():
-        raise LeadTermError(f"{what} {p} not found; check the path")
+    from .io import input_path
+
+    p = input_path(path, what, "give the path of the .safetensors file")
     try:
         with open(p, "rb") as fh:
             fh.read(8)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import LeadTermError
+from .params import check
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Leading:
     centred: bool = True
 
     def coefficient(self, steps: int, lr: float) -> float:
-        return self._coef(int(steps), float(lr))
+        """The constant after ``steps`` steps of size ``lr`` (both checked: :func:`tl_leadterm.params.check`)."""
+        return self._coef(check("steps", steps), check("lr", lr))
 
     @property
     def symbol(self) -> str:
@@ -112,7 +114,8 @@ def leading(weight: str) -> Leading:
 def leading_coefficient(weight: str, steps: int, lr: float) -> float:
     """The constant in front of a toy weight's leading term (THEORY.md §3).
 
-    ``W_O``: η s;  ``V``: η² s(s-1)/2;  ``W`` and ``P``: η⁴ Σ_{k<s} k²(k-1)/2.
+    ``W_O``: η s;  ``V``: η² s(s-1)/2;  ``W`` and ``P``: η⁴ Σ_{k<s} k²(k-1)/2.  ``steps`` is an integer >= 0 and
+    ``lr`` a positive number (numpy scalars too); anything else is a one-line error.
     """
     return leading(weight).coefficient(steps, lr)
 

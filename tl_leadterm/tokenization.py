@@ -8,7 +8,10 @@ Every tokenizer is wrapped in a :class:`Tokenizer` with one small interface
 The word-level tokenizer (``"words"``)
 --------------------------------------
 Text is lower-cased and normalised to Unicode NFC (so a word typed with combining accents, NFD, is the same
-token as its precomposed form); every maximal run of letters (Unicode letters: ``naïve``, ``straße`` and ``книга`` are one token each) is one token and every
+token as its precomposed form), and the zero-width joiners U+FEFF (a byte-order mark inside a text, where
+Unicode reads it as a zero-width no-break space) and U+2060 (word joiner, its modern spelling) are removed:
+they are invisible and join, so ``bird\ufeff`` is the word ``bird`` (a mark at the start of a file is
+dropped when the file is read, for every tokenizer); every maximal run of letters (Unicode letters: ``naïve``, ``straße`` and ``книга`` are one token each) is one token and every
 other non-space character (digits, punctuation) is a token of its own.  The
 vocabulary is built from the corpus: ids 0 and 1 are ``<|endoftext|>`` and
 ``<unk>``; then every token seen at least ``min_count`` times, most frequent
@@ -34,11 +37,13 @@ from .params import check
 EOS_TEXT = "<|endoftext|>"
 UNK_TEXT = "<unk>"
 _WORD_RE = re.compile(r"[^\W\d_]+|\S")   # a run of (Unicode) letters, or any other non-space character
+#: invisible joiners the word tokenizer removes (module docstring)
+_JOINERS = "[\ufeff\u2060]"
 
 
 def words_of(text: str) -> list[str]:
     """The word tokenizer's tokens of ``text``: lower-cased, NFC-normalised, split as the module docstring says."""
-    return _WORD_RE.findall(unicodedata.normalize("NFC", text.lower()))
+    return _WORD_RE.findall(unicodedata.normalize("NFC", re.sub(_JOINERS, "", text.lower())))
 
 
 def _fingerprint_vocab(vocab: dict[str, int]) -> str:
@@ -136,7 +141,8 @@ class WordTokenizer(Tokenizer):
         from transformers import PreTrainedTokenizerFast
 
         core = HFCore(WordLevel(dict(self._index), unk_token=UNK_TEXT))
-        core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.NFC()])
+        core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(_JOINERS), ""),
+                                                normalizers.NFC()])
         core.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
             pre_tokenizers.Split(Regex(_WORD_RE.pattern), behavior="isolated"),
@@ -232,8 +238,11 @@ def load_hf_tokenizer(spec: str) -> Tokenizer:
 
 
 def _load_hf_tokenizer(spec: str) -> Tokenizer:
+    from .io import input_path
+
     tried = []
-    p = Path(spec)
+    p = input_path(spec, "tokenizer", "give 'words', a tokenizer.json file, a local tokenizer directory, or a hub name",
+                   folder=True, missing_ok=True)
     try:
         from transformers import AutoTokenizer, PreTrainedTokenizerFast
     except Exception as e:  # pragma: no cover - transformers comes with transformer-lens

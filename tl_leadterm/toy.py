@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -50,7 +50,7 @@ from transformer_lens.hook_points import HookPoint
 from ._version import __version__
 from .corpus import Windows
 from .errors import LeadTermError, require
-from .params import check
+from .params import check, index
 from .io import available_bytes, load_safetensors, save_safetensors_atomic
 
 TOY_FORMAT = "tl_leadterm.toy/1"
@@ -58,7 +58,11 @@ TOY_FORMAT = "tl_leadterm.toy/1"
 
 @dataclass
 class ToyConfig:
-    """Size of a toy model.  ``d_model = d_head = d_vocab`` (the residual stream is one-hot space)."""
+    """Size of a toy model.  ``d_model = d_head = d_vocab`` (the residual stream is one-hot space).
+
+    Checked when made (and again by :class:`ToyTransformer`): ``d_vocab`` and ``n_ctx`` integers >= 2 (the
+    ranges of ``vocab_size`` and ``seq_len``), ``n_layers`` >= 1, ``n_heads`` 1 (numpy integers become ``int``),
+    ``dtype`` float64 or float32."""
 
     d_vocab: int
     n_ctx: int
@@ -66,6 +70,11 @@ class ToyConfig:
     dtype: torch.dtype = torch.float64
     n_heads: int = 1
     model_name: str = "toy"
+
+    def __post_init__(self):
+        for name, key in (("d_vocab", "vocab_size"), ("n_ctx", "seq_len"), ("n_layers", "layers"), ("n_heads", "toy_heads")):
+            setattr(self, name, check(name, getattr(self, name), key=key))
+        require(self.dtype in (torch.float64, torch.float32), f"{{dtype}} must be torch.float64 or torch.float32, got {self.dtype!r}")
 
     @property
     def d_model(self) -> int:
@@ -153,10 +162,8 @@ class ToyTransformer(HookedRootModule):
 
     def __init__(self, cfg: ToyConfig, tokenizer=None):
         super().__init__()
-        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (cfg.d_vocab, cfg.n_ctx, cfg.n_layers))
-        require(ints and cfg.d_vocab >= 2 and cfg.n_ctx >= 2 and cfg.n_layers >= 1,
-                f"a toy model needs integers d_vocab >= 2, n_ctx >= 2 and n_layers >= 1 (got {cfg.d_vocab!r}, {cfg.n_ctx!r}, {cfg.n_layers!r})")
-        require(cfg.dtype in (torch.float64, torch.float32), f"{{dtype}} must be torch.float64 or torch.float32, got {cfg.dtype!r}")
+        require(isinstance(cfg, ToyConfig), f"a toy model needs a ToyConfig, got {type(cfg).__name__}")
+        cfg = replace(cfg)           # checked again (fields may have changed since it was made); the caller's is kept
         need = (3 * cfg.n_layers + 1) * cfg.d_vocab ** 2 * torch.finfo(cfg.dtype).bits // 8
         require(need <= available_bytes(), f"a toy model with |V|={cfg.d_vocab:,} and {cfg.n_layers} layers needs about "
                                            f"{need / 2**30:.1f} GB for its weights alone; use a smaller vocabulary or fewer layers")
@@ -169,14 +176,17 @@ class ToyTransformer(HookedRootModule):
         self.setup()
 
     # -- weights in THEORY.md names ----------------------------------------
+    def _attn(self, layer: int) -> ToyAttention:
+        return self.blocks[index("layer", layer, self.cfg.n_layers, "layers")].attn
+
     def W(self, layer: int) -> Tensor:
-        return self.blocks[layer].attn.W
+        return self._attn(layer).W
 
     def V(self, layer: int) -> Tensor:
-        return self.blocks[layer].attn.V
+        return self._attn(layer).V
 
     def P(self, layer: int) -> Tensor:
-        return self.blocks[layer].attn.P
+        return self._attn(layer).P
 
     @property
     def W_U(self) -> Tensor:
@@ -292,6 +302,7 @@ def next_token_loss(logits: Float[Tensor, "batch pos vocab"], targets: Int[Tenso
 
 def windows_loss(model, windows: Windows, batch_size: int = 256) -> float:
     """Mean next-token loss of a toy model over all data positions of ``windows``."""
+    batch_size = check("batch_size", batch_size)
     total, count = 0.0, 0
     with torch.no_grad():
         for a in range(0, windows.n_windows, batch_size):
@@ -324,13 +335,10 @@ def train_toy(model: ToyTransformer, windows: Windows, *, lr: float, steps: int,
     """
     require(isinstance(model, ToyTransformer), f"train_toy trains a ToyTransformer, got {type(model).__name__}")
     require(isinstance(windows, Windows), f"expected token windows (load_corpus), got {type(windows).__name__}")
-    require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0, f"{{steps}} must be an integer >= 0 (got {steps!r})")
-    require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr),
-            f"{{lr}} must be a positive number (got {lr!r})")
-    seed = check("seed", seed)   # an integer in [0, 2**64 - 1], as torch seeds are
+    steps, lr, seed = check("steps", steps), check("lr", lr), check("seed", seed)   # seed: in [0, 2**64 - 1], as torch's
+    batch_size = check("batch_size", batch_size, optional=True)
     require(windows.vocab_size == model.cfg.d_vocab, f"corpus vocab size {windows.vocab_size} differs from the model's {model.cfg.d_vocab}")
     require(windows.seq_len <= model.cfg.n_ctx, f"corpus windows (T={windows.seq_len}) are longer than the model's context ({model.cfg.n_ctx})")
-    require(batch_size is None or batch_size >= 1, f"{{batch_size}} must be >= 1 (got {batch_size})")
     dev = model.W_O.device
     params = list(model.parameters())
     g = torch.Generator().manual_seed(seed)

@@ -35,8 +35,7 @@ from tqdm.auto import tqdm
 
 from ..basis import Basis
 from ..corpus import Windows
-from ..errors import require
-from ..params import check
+from ..params import check, indices
 from ..models import ModelAdapter, adapt
 from ..errors import LeadTermError
 from ..theory import SITES, Site, legacy_key, leading, parse_weight
@@ -96,12 +95,15 @@ def causal_check(adapter_or_model, basis: Basis, tokens, *, seeds: int = 5, site
     Rows (per weight or per head): ``loss_base``, ``loss_leading``, ``delta_leading``,
     ``delta_random_mean``, ``delta_random_sd``, ``removed_norm``, ``coefficient``.
     Toy sites: ``W_O``, ``V``, ``W``, ``P``; real-model sites: the registry's per-head sites (default
-    ``key_query``, ``attn_ov``; module docstring).
+    ``key_query``, ``attn_ov``; module docstring).  ``seeds`` random directions (>= 1); ``layers`` and ``heads``
+    (default: all) are indices into the model's, checked before anything runs.
     """
+    seeds = check("seeds", seeds)
     ad = adapt(adapter_or_model)
     ad.check_finite()
     check_compatible(ad, basis)
-    seeds = check("seeds", seeds)
+    layers = None if layers is None else indices("layers", layers, ad.n_layers, "layers")
+    heads = None if heads is None else indices("heads", heads, ad.n_heads, "heads")
     checkpoint = checkpoint or ad.checkpoint
     if ad.token_space:
         return _causal_toy(ad, basis, tokens, seeds, sites, layers, checkpoint, progress)
@@ -189,12 +191,10 @@ def _causal_real(ad, basis, tokens, seeds, sites, layers, heads, checkpoint, pro
     rows = []
     jobs = [(l, s) for l in layers for s in sites]
     for l, site in tqdm(jobs, desc="causal check", disable=not progress, leave=False):
-        require(0 <= l < ad.n_layers, f"layer {l} out of range [0, {ad.n_layers})")
         X, P, D = head_edit_directions(ad, basis, l, geom, site)
         circuit = SITES[site].circuit
         other = ad.W_K(l) if circuit == "qk" else ad.W_O(l)
         for h in heads:
-            require(0 <= h < ad.n_heads, f"head {h} out of range [0, {ad.n_heads})")
             Dh = D @ P[h]
             dn2 = float((Dh * Dh).sum())
             target = SITES[site].target

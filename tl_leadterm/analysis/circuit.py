@@ -18,6 +18,7 @@ import torch
 
 from ..basis import Basis
 from ..errors import require
+from ..params import check
 from .chance import basis_matrix
 from .factored import Factored
 from .heads import emit_fit
@@ -28,7 +29,9 @@ from .table import frame, row
 def fit_circuit(X, basis: Basis, target: str = "value_output", *, top: int = 5, n_singular: int = 3,
                 site: str = "circuit", checkpoint: str = "") -> pd.DataFrame:
     """Project ``X`` (``[..., k, k]``; tensor, ``FactoredMatrix`` or ``Factored``) on ``target`` modulo row offsets,
-    per head; rows in the analysis table's schema (module docstring)."""
+    per head; rows in the analysis table's schema (module docstring).  ``top`` residual pairs and ``n_singular``
+    singular directions are reported (integers >= 0)."""
+    top, n_singular = check("top", top), check("n_singular", n_singular)
     F = Factored.from_any(X)
     k = basis.k
     require(F.shape == (k, k), f"the matrix is {F.shape[0]} x {F.shape[1]} but the basis has k={k} tokens; read it "
@@ -64,6 +67,8 @@ def measure_representations(reps, basis: Basis, *, target: str = "value", embedd
     """
     from .chance import group_seed, representation_null
     from .measures import Target, similarities
+
+    null_draws, seed = check("null_draws", null_draws), check("seed", seed)
 
     items: dict[str, torch.Tensor] = {}
     if hasattr(reps, "cache_dict"):                    # ActivationCache

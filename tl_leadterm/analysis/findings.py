@@ -8,14 +8,16 @@ and the per-site summary of heads above chance that the report states at its top
   the peak below the threshold ("never reached" when the peak is below it, "retained" when it never falls);
   ``at_chance_at``: the first checkpoint after the first above-chance one at which the layer is at chance again
   ("never above chance", "retained").
-* :func:`summary`: per model, lens and site, how many heads are above chance (percentile >= 0.95 and a
-  positive signed cosine) at which checkpoints, the best such head with its percentile, and one sentence.
+* :func:`summary`: per model, lens and site, how many head-checkpoint pairs are above chance (percentile >= 0.95
+  and a positive signed cosine) at which checkpoints, how many chance alone gives (5% of the pairs tested, with a
+  binomial p), the best head only when it stands out family-wise among all pairs tested, and one sentence.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from statistics import NormalDist
 
 import pandas as pd
 
@@ -39,6 +41,9 @@ def _step(name) -> float:
 
 def retention(df: pd.DataFrame, threshold: float = RETENTION_THRESHOLD) -> pd.DataFrame:
     """Per lens, site and layer: when the head-average alignment falls below ``threshold`` and to chance (module docstring)."""
+    from ..params import check
+
+    threshold = check("threshold", threshold, key="fraction")
     df = normalise(df)
     own = df["site"].map(lambda s: SITES[s].target if s in SITES else "")
     real = df[(df["measure"] == "signed_cosine") & df["head"].isna() & df["layer"].notna() & (df["target"] == own)]
@@ -74,46 +79,146 @@ def retention(df: pd.DataFrame, threshold: float = RETENTION_THRESHOLD) -> pd.Da
     return out
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per lens and site: heads above chance per checkpoint and the best above-chance head, with a sentence.
+#: the level of every statement the summary makes (family-wise for single heads)
+ALPHA = 0.05
 
-    Columns ``lens, site, target, n_heads, checkpoints, above_chance, at_checkpoints, best, best_checkpoint,
-    best_signed_cosine, best_percentile, anti_aligned, sentence``.
+
+def binomial_tail(n: int, m: int, p: float = 1 - ABOVE) -> float:
+    """P(X >= m) for X ~ Binomial(n, p): how likely ``m`` or more of ``n`` random heads pass a 5% test."""
+    if m <= 0:
+        return 1.0
+    if m > n:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = (math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq
+             for j in range(m, n + 1))
+    return float(min(1.0, sum(math.exp(t) for t in terms)))
+
+
+def family_p(z: float, n: int) -> float:
+    """Bonferroni bound on the chance that the most extreme of ``n`` random heads lies ``z`` null standard
+    deviations out (one-sided, Gaussian tail of :func:`~tl_leadterm.analysis.heads.null_z`)."""
+    if not math.isfinite(z):
+        return float("nan")
+    return float(min(1.0, n * NormalDist().cdf(-abs(z))))
+
+
+def _p(x: float) -> str:
+    """A probability for a sentence: two significant digits, and no false zero where it underflows."""
+    return "below 1e-15" if x < 1e-15 else f"{x:.2g}"
+
+
+def _head(r) -> str:
+    return f"L{int(r['layer'])}H{int(r['head'])}"
+
+
+def _standouts(g: pd.DataFrame):
+    """``(best, most_anti)`` rows of a :func:`~tl_leadterm.analysis.rank_heads` group with nulls: the above-chance
+    head farthest above its null and the anti-aligned one farthest below, each only when it stands out family-wise
+    among the group's pairs (``family_p`` < 0.05); else ``None``."""
+    g = g[g["percentile"].notna()]
+    n = len(g)
+    up = g[g["above_chance"]].sort_values(["null_z", "signed_cosine"], ascending=False, kind="stable")
+    anti = g[g["anti_aligned"] & (g["signed_cosine"] < 0)].sort_values(["null_z", "signed_cosine"], kind="stable")
+    best = up.iloc[0] if len(up) and family_p(float(up["null_z"].iloc[0]), n) < ALPHA else None
+    worst = anti.iloc[0] if len(anti) and family_p(float(anti["null_z"].iloc[0]), n) < ALPHA else None
+    return best, worst
+
+
+def featured(df: pd.DataFrame, site: str = "circuit_ov", lens: str = "weights") -> list[tuple[str, pd.Series]]:
+    """The heads a report may feature at ``site`` under ``lens``: ``("best", row)`` and ``("most anti-aligned",
+    row)`` (rows of :func:`~tl_leadterm.analysis.rank_heads`, any checkpoint), each only when it stands out
+    family-wise among all the site's head-checkpoint pairs, as :func:`summary` says.  No nulls: none (a head
+    cannot be told from chance)."""
+    r = rank_heads(df)
+    g = r[(r["lens"] == lens) & (r["site"] == site)]
+    best, worst = _standouts(g)
+    return [(what, x) for what, x in (("best", best), ("most anti-aligned", worst)) if x is not None]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per lens and site: how many head-checkpoint pairs pass their chance level, whether that is more than
+    chance gives, and the best head only when it stands out among all pairs tested, with a sentence.
+
+    Every pair with a null is one test at the 5% level (``above_chance``), so ``tested`` random heads give
+    ``expected_by_chance = 0.05 · tested`` passes; ``count_p`` is the binomial chance of ``above_chance`` or more.
+    A head is named (``best``) only when it stands out family-wise: its distance from its null in null standard
+    deviations (``best_z``, :func:`~tl_leadterm.analysis.heads.null_z`) is so large that ``tested`` random heads
+    would reach it with probability ``best_family_p`` < 0.05 (Bonferroni, Gaussian tail).  Otherwise ``best`` says
+    ``none stands out`` (more passes than chance, no single head beyond it) or ``none beyond chance``.  The same
+    for anti-alignment (``anti_aligned``, ``anti_count_p``, ``most_anti``).
+
+    Columns ``lens, site, target, n_heads, checkpoints, tested, above_chance, expected_by_chance, count_p,
+    at_checkpoints, best, best_checkpoint, best_signed_cosine, best_percentile, best_z, best_family_p, anti_aligned,
+    anti_count_p, most_anti, sentence``.
     """
     r = rank_heads(df)
-    cols = ["lens", "site", "target", "n_heads", "checkpoints", "above_chance", "at_checkpoints", "best", "best_checkpoint",
-            "best_signed_cosine", "best_percentile", "anti_aligned", "sentence"]
+    cols = ["lens", "site", "target", "n_heads", "checkpoints", "tested", "above_chance", "expected_by_chance", "count_p",
+            "at_checkpoints", "best", "best_checkpoint", "best_signed_cosine", "best_percentile", "best_z",
+            "best_family_p", "anti_aligned", "anti_count_p", "most_anti", "sentence"]
+    nan = float("nan")
     rows = []
     for (lens, site), g in r.groupby(["lens", "site"], sort=False):
         order = sorted(g["checkpoint"].unique(), key=_step)
         n_heads = int(g.groupby("checkpoint").size().max())
+        target = SITES[site].target
+        what, verb = {"weights": ("the weights", "align"), "update": ("the update since the reference", "aligns"),
+                      "gradient": ("the loss gradient", "aligns")}.get(lens, (f"the {lens} lens", "aligns"))
+        out = {"lens": lens, "site": site, "target": target, "n_heads": n_heads, "checkpoints": len(order)}
+        tested = int(g["percentile"].notna().sum())
+        if tested == 0:
+            b = g.sort_values("signed_cosine", ascending=False, kind="stable").iloc[0]
+            out.update(tested=0, above_chance=0, expected_by_chance=nan, count_p=nan, at_checkpoints="no chance level",
+                       best="no chance level", best_checkpoint="", best_signed_cosine=nan, best_percentile=nan,
+                       best_z=nan, best_family_p=nan, anti_aligned=0, anti_count_p=nan, most_anti="",
+                       sentence=(f"{what.capitalize()} at {site}: no chance level was computed (null draws off), so no "
+                                 f"head can be called above chance; the largest signed cosine with {target} is "
+                                 f"{b['signed_cosine']:.3g} ({_head(b)} at {b['checkpoint']})."))
+            rows.append(out)
+            continue
+        g = g[g["percentile"].notna()]
         up = g[g["above_chance"]]
         counts = {c: int((up["checkpoint"] == c).sum()) for c in order}
-        at = ", ".join(f"{c}: {counts[c]}/{n_heads}" for c in order if counts[c])
-        anti = int(g["anti_aligned"].sum())
-        target = SITES[site].target
-        what = {"weights": "the weights", "update": "the update since the reference",
-                "gradient": "the loss gradient"}.get(lens, lens)
-        if g["percentile"].isna().all():
-            b = g.sort_values("signed_cosine", ascending=False, kind="stable").iloc[0]
-            sentence = (f"{what.capitalize()} at {site}: no chance level was computed (null draws off), so no head can be "
-                        f"called above chance; the largest signed cosine with {target} is "
-                        f"{b['signed_cosine']:.3g} (L{int(b['layer'])}H{int(b['head'])} at {b['checkpoint']}).")
-            vals = ("no chance level", "", float("nan"), float("nan"))
-        elif len(up):
-            b = up.sort_values(["percentile", "signed_cosine"], ascending=False, kind="stable").iloc[0]
-            best = f"L{int(b['layer'])}H{int(b['head'])}"
-            sentence = (f"{what.capitalize()} of {len(up)} head-checkpoint pairs at {site} align with {target} beyond what "
-                        f"random heads read through the same geometry reach (best {best} at {b['checkpoint']}: signed "
-                        f"cosine {b['signed_cosine']:.3g}, percentile {b['percentile']:.2f}).")
-            vals = (best, b["checkpoint"], float(b["signed_cosine"]), float(b["percentile"]))
+        expected = (1 - ABOVE) * tested
+        count_p = binomial_tail(tested, len(up))
+        out.update(tested=tested, above_chance=int(len(up)), expected_by_chance=expected, count_p=count_p,
+                   at_checkpoints=", ".join(f"{c}: {counts[c]}/{n_heads}" for c in order if counts[c]) or "none")
+        lead = (f"{what.capitalize()} at {site}: {len(up)} of {tested} head-checkpoint pairs pass the 95th percentile of "
+                f"random heads read through the same geometry ({expected:.1f} expected by chance, binomial p = "
+                f"{_p(count_p)})")
+        b, w = _standouts(g)
+        top = up.sort_values(["null_z", "signed_cosine"], ascending=False, kind="stable").head(1)
+        bz = float(top["null_z"].iloc[0]) if len(top) else nan
+        bp = family_p(bz, tested) if len(top) else nan
+        if b is not None:
+            out.update(best=_head(b), best_checkpoint=b["checkpoint"], best_signed_cosine=float(b["signed_cosine"]),
+                       best_percentile=float(b["percentile"]), best_z=bz, best_family_p=bp)
+            sentence = (f"{lead}; best {_head(b)} at {b['checkpoint']}: signed cosine {b['signed_cosine']:.3g} with "
+                        f"{target}, percentile {b['percentile']:.2f}, {bz:.1f} null standard deviations out, which "
+                        f"{tested} random heads would reach with probability {_p(bp)}: it aligns beyond chance.")
         else:
-            sentence = (f"No head's {what} at {site} aligns with {target} more than random heads read through the same "
-                        "geometry: none above chance.")
-            vals = ("none above chance", "", float("nan"), float("nan"))
-        if anti:
-            sentence += f" {anti} head-checkpoint pairs are anti-aligned (percentile <= 0.05)."
-        rows.append({"lens": lens, "site": site, "target": target, "n_heads": n_heads, "checkpoints": len(order),
-                     "above_chance": int(len(up)), "at_checkpoints": at or "none", "best": vals[0], "best_checkpoint": vals[1],
-                     "best_signed_cosine": vals[2], "best_percentile": vals[3], "anti_aligned": anti, "sentence": sentence})
+            out.update(best="none stands out" if count_p < ALPHA else "none beyond chance", best_checkpoint="",
+                       best_signed_cosine=nan, best_percentile=nan, best_z=bz, best_family_p=bp)
+            if count_p < ALPHA:
+                sentence = (f"{lead}: more than chance gives, so {what} {'lean' if verb == 'align' else 'leans'} "
+                            f"towards {target}, but no single head "
+                            f"stands out once the {tested} pairs tested are accounted for.")
+            else:
+                sentence = (f"{lead}: about as many as chance gives, so this is no evidence that {what} {verb} with "
+                            f"{target} beyond what random heads reach; no head is featured.")
+        anti = g[g["anti_aligned"]]
+        anti_p = binomial_tail(tested, len(anti))
+        most_anti = ""
+        if w is not None:
+            most_anti = _head(w)
+            sentence += (f" {len(anti)} pairs are anti-aligned (percentile <= 0.05; {expected:.1f} expected by chance); "
+                         f"{most_anti} at {w['checkpoint']} (signed cosine {w['signed_cosine']:.3g}) runs against "
+                         f"{target} beyond chance.")
+        elif anti_p < ALPHA:
+            sentence += (f" {len(anti)} pairs are anti-aligned (percentile <= 0.05; {expected:.1f} expected by chance, "
+                         f"p = {_p(anti_p)}): more than chance gives.")
+        elif len(anti):
+            sentence += f" {len(anti)} pairs are anti-aligned (percentile <= 0.05), about as many as chance gives."
+        out.update(anti_aligned=int(len(anti)), anti_count_p=anti_p, most_anti=most_anti, sentence=sentence)
+        rows.append(out)
     return pd.DataFrame(rows, columns=cols)

@@ -21,12 +21,15 @@ modulo row offsets it is zero and gets coefficient 0).
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import pandas as pd
 import torch
 from torch import Tensor
 
 from ..basis import Basis
 from ..errors import require
+from ..params import check, index
 from ..theory import SITES
 from ..theory import site as theory_site
 from .factored import Factored
@@ -111,18 +114,36 @@ def _tok(s: str) -> str:
 ABOVE = 0.95
 #: ... and anti-aligned at or below this one
 BELOW = 0.05
+#: the standard normal's 95th percentile: (q95 − q05) / (2 · Z95) is a Gaussian null's standard deviation
+Z95 = NormalDist().inv_cdf(ABOVE)
+
+
+def null_z(value, mean, q05, q95):
+    """How many null standard deviations ``value`` lies above the null mean, the standard deviation read from the
+    null's 5th and 95th percentiles as for a Gaussian, (q95 − q05) / 3.29 (NaN where the null has no spread).
+
+    Works on numbers and on pandas Series.  It resolves what a percentile of N draws cannot (every value beyond all
+    draws has percentile 1) and is what the family-wise statements of :func:`tl_leadterm.analysis.summary` use; the
+    signed cosine of a random head is a sum over many token pairs, close to Gaussian (a test checks the tail)."""
+    sd = (q95 - q05) / (2 * Z95)
+    if isinstance(sd, pd.Series):
+        return ((value - mean) / sd.where(sd > 0)).astype(float)
+    return (value - mean) / sd if sd > 0 else float("nan")
 
 
 def rank_heads(df: pd.DataFrame) -> pd.DataFrame:
-    """Heads ranked per checkpoint, lens and site by their signed cosine with the site's own target (best first).
+    """Heads ranked per checkpoint, lens and site by their percentile, then their distance from the null
+    (``null_z``), then their signed cosine with the site's own target (best first).
 
-    Columns ``checkpoint, lens, site, rank, layer, head, signed_cosine, percentile, null_q95, above_chance,
-    anti_aligned, explained, coef, residual_rel_norm``.  ``above_chance``: percentile >= 0.95 and signed cosine
-    > 0; ``anti_aligned``: percentile <= 0.05 (a negative coefficient is never "explained").  Tables without
-    nulls rank by the signed cosine alone (percentile empty, flags False).
+    Columns ``checkpoint, lens, site, rank, layer, head, signed_cosine, percentile, null_z, null_mean, null_q05,
+    null_q95, above_chance, anti_aligned, explained, coef, residual_rel_norm``.  ``above_chance``: percentile >= 0.95
+    and signed cosine > 0; ``anti_aligned``: percentile <= 0.05 (a negative coefficient is never "explained").
+    Tables without nulls rank by the signed cosine alone (percentile and null_z empty, flags False).  Each flag is
+    one test at the 5% level: over many heads about 5% of random heads get it, and
+    :func:`tl_leadterm.analysis.summary` says whether a site has more than that.
     """
-    cols = ["checkpoint", "lens", "site", "rank", "layer", "head", "signed_cosine", "percentile", "null_q95",
-            "above_chance", "anti_aligned", "explained", "coef", "residual_rel_norm"]
+    cols = ["checkpoint", "lens", "site", "rank", "layer", "head", "signed_cosine", "percentile", "null_z", "null_mean",
+            "null_q05", "null_q95", "above_chance", "anti_aligned", "explained", "coef", "residual_rel_norm"]
     from .table import normalise
 
     df = normalise(df)
@@ -132,7 +153,7 @@ def rank_heads(df: pd.DataFrame) -> pd.DataFrame:
     sc = per_head[per_head["measure"] == "signed_cosine"]
     if len(sc) == 0:
         return pd.DataFrame(columns=cols)
-    wide = sc[keys + ["value", "percentile", "null_q95"]].rename(columns={"value": "signed_cosine"})
+    wide = sc[keys + ["value", "percentile", "null_mean", "null_q05", "null_q95"]].rename(columns={"value": "signed_cosine"})
     for m in ("explained", "coef"):
         v = per_head[per_head["measure"] == m][keys + ["value"]].rename(columns={"value": m})
         wide = wide.merge(v, on=keys, how="left")
@@ -140,10 +161,11 @@ def rank_heads(df: pd.DataFrame) -> pd.DataFrame:
     wide = wide.merge(rr[keys + ["value"]].rename(columns={"value": "residual_rel_norm"}).drop_duplicates(keys),
                       on=keys, how="left")
     pct = wide["percentile"]
+    wide["null_z"] = null_z(wide["signed_cosine"], wide["null_mean"], wide["null_q05"], wide["null_q95"])
     wide["above_chance"] = (pct >= ABOVE).fillna(False).astype(bool) & (wide["signed_cosine"] > 0)
     wide["anti_aligned"] = (pct <= BELOW).fillna(False).astype(bool)
-    wide = wide.sort_values(["checkpoint", "lens", "site", "signed_cosine", "layer", "head"],
-                            ascending=[True, True, True, False, True, True], na_position="last", kind="stable")
+    wide = wide.sort_values(["checkpoint", "lens", "site", "percentile", "null_z", "signed_cosine", "layer", "head"],
+                            ascending=[True, True, True, False, False, False, True, True], na_position="last", kind="stable")
     wide["rank"] = wide.groupby(["checkpoint", "lens", "site"]).cumcount() + 1
     return wide[cols].reset_index(drop=True)
 
@@ -156,8 +178,8 @@ def head_matrix(ad, basis: Basis, layer: int, head: int | None, site: str, *, le
     ad = adapt(ad)
     s = theory_site(site)
     require(s.per_head, f"site {site!r} has no per-head matrix; choose one of {', '.join(HEAD_SITES)}")
-    require(0 <= layer < ad.n_layers, f"layer {layer} out of range [0, {ad.n_layers})")
-    require(head is None or 0 <= head < ad.n_heads, f"head {head} out of range [0, {ad.n_heads})")
+    layer = index("layer", layer, ad.n_layers, "layers")
+    head = None if head is None else index("head", head, ad.n_heads, "heads")
     left, right = head_factors(ad, layer, site, Geometry(ad, basis, ad.device), lens, **lens_kw)
     return Factored.head_mean(left, right) if head is None else Factored(left[head], right[head])
 
@@ -165,6 +187,7 @@ def head_matrix(ad, basis: Basis, layer: int, head: int | None, site: str, *, le
 def head_fit(ad, basis: Basis, layer: int, head: int | None, site: str, *, dictionary: bool = False,
              top: int = 5, n_singular: int = 3) -> ResidualFit:
     """The :class:`~tl_leadterm.analysis.residual.ResidualFit` of one head at one site, with its singular vectors."""
+    top, n_singular = check("top", top), check("n_singular", n_singular)
     X = head_matrix(ad, basis, layer, head, site)
     atoms = AtomCache(basis, X.A.device, dictionary).get(SITES[site].target)
     return fit(X, atoms, top=top, n_singular=n_singular, what=f"layer {layer} head {head} {site}")

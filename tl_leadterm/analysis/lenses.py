@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LeadTermError, require
 from ..models import adapt
+from ..params import check
 from ..theory import CIRCUIT_WEIGHTS, LENSES, Lens  # noqa: F401  (the registry lives with the theory)
 
 
@@ -105,6 +106,7 @@ def head_gradients(ad, tokens: Tensor, *, batch_size: int = 32, progress: bool =
     The model's parameters get no ``.grad`` (``torch.autograd.grad``).  ``ad``: an adapter or any model
     :func:`~tl_leadterm.models.adapt` takes.
     """
+    batch_size = check("batch_size", batch_size)
     ad = adapt(ad)
     L, H, d = ad.n_layers, ad.n_heads, ad.d_model
     tokens = torch.as_tensor(tokens, dtype=torch.long)

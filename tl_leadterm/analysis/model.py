@@ -59,6 +59,16 @@ from .table import frame, row
 from .toy import decode
 
 
+#: the numeric options of :func:`analyze_model`, each checked with its range of :data:`tl_leadterm.params.RANGES`
+NUMBERS = ("top", "n_singular", "batch_size", "gradient_batch", "null_draws", "seed")
+
+
+def check_numbers(kw: dict) -> dict:
+    """``kw`` with each of :data:`NUMBERS` it holds checked (:func:`~tl_leadterm.params.check`): what :func:`sweep
+    <tl_leadterm.analysis.sweep>` does before it loads a checkpoint."""
+    return {n: check(n, v) if n in NUMBERS else v for n, v in kw.items()}
+
+
 def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circuits: bool = True,
                   residuals: bool = True, dictionary: bool = False, top: int = 5, n_singular: int = 3,
                   progress: bool = True, batch_size: int = 1024, device: str | torch.device | None = None,
@@ -73,11 +83,15 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
     residual pairs and ``n_singular`` singular directions).  ``lens``: ``weights``, ``update`` (needs
     ``reference``, a model or adapter of the same shapes; ``reference_label`` names it in the table),
     ``gradient`` (needs ``gradient``, token windows ``[n, T]`` or :class:`~tl_leadterm.corpus.Windows`).
-    ``null_draws`` random heads per fit group (0: no nulls), seeded by ``seed``.  ``sites``: a subset of
+    ``null_draws`` random heads per fit group (0: no nulls), seeded by ``seed``.  ``batch_size`` basis tokens per
+    run of the model (representations), ``gradient_batch`` windows per backward pass of the gradient lens.
+    Every number (:data:`NUMBERS`) is checked first, numpy scalars accepted (:func:`tl_leadterm.params.check`).  ``sites``: a subset of
     :data:`~tl_leadterm.theory.SITES` (default: its ``default`` sites that ``circuits`` allows).
     The algebra runs in float64 on ``device`` (default: the model's device).  ``targets``
     (``Targets(basis, device)``) may be shared between calls (``sweep`` does this).
     """
+    top, n_singular, batch_size, gradient_batch, null_draws, seed = (
+        check(n, v) for n, v in zip(NUMBERS, (top, n_singular, batch_size, gradient_batch, null_draws, seed)))
     ad = adapt(adapter_or_model)
     ad.check_finite()
     check_compatible(ad, basis)
@@ -86,9 +100,6 @@ def analyze_model(adapter_or_model, basis: Basis, checkpoint: str = "", *, circu
                       "which is not exactly what W_Q multiplies; load the model with tl_leadterm.load_model to fold it", stacklevel=2)
     checkpoint = checkpoint or ad.checkpoint
     dev = resolve_device(device) if device is not None else torch.device(ad.device)
-    require(isinstance(top, int) and top >= 0 and isinstance(n_singular, int) and n_singular >= 0,
-            f"{{top}} and {{n_singular}} must be integers >= 0, got {top!r} and {n_singular!r}")
-    null_draws = check("null_draws", null_draws)
     lenses = parse_lenses(lens)
     ref = None
     if "update" in lenses:

@@ -13,15 +13,18 @@ from ..basis import Basis
 from ..errors import require
 from ..models import PYTHIA_REVISIONS, ModelAdapter, load_model, validate_revision
 from .measures import Targets
-from .model import analyze_model
+from .model import analyze_model, check_numbers
 from .toy import analyze_toy
 
 
 def analyze(ad: ModelAdapter, basis: Basis, checkpoint: str = "", *, circuits: bool = True, residuals: bool = True,
             dictionary: bool = False, progress: bool = True, targets: Targets | None = None, **kw) -> pd.DataFrame:
-    """:func:`analyze_toy` for a token-space (toy) model, :func:`analyze_model` for any other (``kw``: its options)."""
+    """:func:`analyze_toy` for a token-space (toy) model (``kw``: its ``top`` and ``n_singular`` are used, the rest
+    is for other models), :func:`analyze_model` for any other (``kw``: its options)."""
     if ad.token_space:
-        return analyze_toy(ad, basis, dictionary=dictionary, checkpoint=checkpoint)
+        kw = check_numbers(kw)
+        return analyze_toy(ad, basis, dictionary=dictionary, checkpoint=checkpoint,
+                           **{n: kw[n] for n in ("top", "n_singular") if n in kw})
     return analyze_model(ad, basis, checkpoint=checkpoint, circuits=circuits, residuals=residuals, dictionary=dictionary,
                          progress=progress, targets=targets, **kw)
 
@@ -88,6 +91,7 @@ def sweep(model: str | None, checkpoints: Sequence | str, basis: Basis, *, backe
     """
     from .lenses import parse_lenses
 
+    kw = check_numbers(kw)                    # every number before anything is loaded
     ckpts = parse_checkpoints(checkpoints)
     labels = [c if isinstance(c, str) else f"model{i}" for i, c in enumerate(ckpts)] if labels is None else [str(x) for x in labels]
     require(len(labels) == len(ckpts), f"{{labels}} has {len(labels)} names for {len(ckpts)} checkpoints; give one each")
@@ -130,7 +134,8 @@ def sweep(model: str | None, checkpoints: Sequence | str, basis: Basis, *, backe
         use = tuple(x for x in lenses if x != "update" or ref is not None)
         if ad.token_space:
             frames.append(analyze(ad, basis, checkpoint=label, circuits=circuits, residuals=residuals,
-                                  dictionary=dictionary, progress=progress, targets=targets))
+                                  dictionary=dictionary, progress=progress, targets=targets,
+                                  **{n: kw[n] for n in ("top", "n_singular") if n in kw}))
         else:
             frames.append(analyze(ad, basis, checkpoint=label, circuits=circuits, residuals=residuals, dictionary=dictionary,
                                   progress=progress, targets=targets, lens=use, reference=ref, reference_label=rlabel,

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..basis import Basis
 from ..errors import require
 from ..models import adapt
+from ..params import check
 from ..theory import MATRIX_NAMES, leading, parse_weight
 from .compat import check_compatible
 from .measures import centre_rows, fro_cos, projection, ratio
@@ -57,6 +58,7 @@ def toy_atoms(basis: Basis, name: str, dictionary: bool, length: int | None = No
     through :func:`visible` (where rows are centred, the all-ones atom is invisible and left out)."""
     lead = leading(name).term
     centred = leading(name).centred
+    length = check("length", length, optional=True)
     if lead == "position":
         p = basis.position.double()[:length]
         atoms = {"position": p}
@@ -82,7 +84,9 @@ def decode(basis: Basis, tokenizer=None) -> list[str]:
 
 def analyze_toy(model, basis: Basis, dictionary: bool = False, checkpoint: str = "", *, top: int = 5,
                 n_singular: int = 3) -> pd.DataFrame:
-    """Project every toy weight onto basis compositions (module docstring); one tidy table."""
+    """Project every toy weight onto basis compositions (module docstring); one tidy table.  ``top`` residual
+    pairs and ``n_singular`` singular directions per weight (integers >= 0)."""
+    top, n_singular = check("top", top), check("n_singular", n_singular)
     ad = adapt(model)
     require(ad.token_space, "analyze_toy needs a ToyTransformer (use analyze_model for TransformerLens models)")
     ad.check_finite()

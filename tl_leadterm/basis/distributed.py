@@ -38,6 +38,7 @@ def world() -> tuple[int, int] | None:
     size = _env_int("WORLD_SIZE", "1")
     rank = _env_int("RANK", "0")
     require(rank < size, f"RANK={rank} is not below WORLD_SIZE={size}; ranks are 0..WORLD_SIZE-1: start every rank with torchrun")
+    _env_int("LOCAL_RANK", "0")     # read by torch.distributed too: a malformed one is named here, not deep inside it
     return (rank, size) if size > 1 else None
 
 
@@ -77,7 +78,8 @@ def process_group(device=None):
     try:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=size, timeout=timeout)
     except Exception as e:
-        raise LeadTermError(f"rank {rank}: cannot join the torchrun process group ({type(e).__name__}); "
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise LeadTermError(f"rank {rank}: cannot join the torchrun process group ({type(e).__name__}{': ' + why if why else ''}); "
                             "start every rank with torchrun") from None
     try:
         yield rank, size, dev

@@ -24,7 +24,6 @@ shards' own (the hash of their window hashes, in order), which depends on N.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,13 +37,17 @@ from ..corpus.fingerprint import combine
 from ..corpus.streams import check_shard
 from ..errors import LeadTermError, require
 from ..params import MAX_VOCAB
-from ..tensorfiles import check_tensor_digests, load_safetensors, save_safetensors_atomic, tensor_digests
+from ..tensorfiles import SEAL, VERSION_RE, check_seal, load_safetensors, save_safetensors_atomic, seal
 from .passes import BasisSpec, Compositions, FirstPassStats, SecondPassStats, compositions
 from .pipeline import DTYPES, Reduction, assemble, check_dtype, run_pipeline
 from .value import Basis
 
-SHARD_FORMAT = "tl_leadterm.shard/2"
-PASS2_FORMAT = "tl_leadterm.pass2-input/2"
+SHARD_FORMAT = "tl_leadterm.shard/3"
+PASS2_FORMAT = "tl_leadterm.pass2-input/3"
+#: the metadata keys each kind of file holds besides its seal (anything else is refused)
+META_KEYS = {1: ("format", "round", "shard", "vocab_size", "seq_len", "mode", "dtype", "n", "windows", "digest",
+                 "corpus_digest", "corpus_windows", "corpus_source", "tokenizer", "package_version")}
+META_KEYS[2] = (*META_KEYS[1], "checksum", "pass2_digest")
 TENSORS = {1: ("context", "counts", "token_ids"), 2: ("key_query", "position", "token_ids")}
 BLOCKS = ("bigram", "context", "interchange", "value", "value_output")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -58,13 +61,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _meta(stream, spec: BasisSpec, shard, rnd: int, n: int, windows: int, digest: str, dtype: str, tensors: dict) -> dict:
+def _meta(stream, spec: BasisSpec, shard, rnd: int, n: int, windows: int, digest: str, dtype: str) -> dict:
     tok = stream.tokenizer
     return {"format": SHARD_FORMAT, "round": str(rnd), "shard": f"{shard[0]}/{shard[1]}", "vocab_size": str(spec.vocab_size),
             "seq_len": str(stream.seq_len), "mode": spec.mode, "dtype": dtype, "n": str(n), "windows": str(windows),
             "digest": digest, "corpus_digest": corpus_digest(stream), "corpus_windows": str(stream.n_windows),
             "corpus_source": os.path.normpath(str(stream.source)), "tokenizer": tok.to_json() if tok is not None else "",
-            "package_version": __version__, "tensor_digests": tensor_digests(tensors)}
+            "package_version": __version__}
 
 
 class ShardRound(Reduction):
@@ -82,6 +85,16 @@ class ShardRound(Reduction):
         else:
             self.comp, self.meta = load_pass2_input(pass2)
             self._check_round1(str(pass2))
+            self._check_options(str(pass2), mode, dtype)
+
+    def _check_options(self, p: str, mode, dtype) -> None:
+        """Round 2's options, where given, must be round 1's (``None``: take round 1's)."""
+        meta = self.meta
+        require(mode is None or mode == meta["mode"], f"{p} was made with {{mode}} {meta['mode']}, but round 2 was given "
+                                                      f"{{mode}} {mode}; run round 2 with the {{mode}} of round 1")
+        given = None if dtype is None else check_dtype(dtype)
+        require(given is None or given == meta["dtype"], f"{p} was made with {{dtype}} {meta['dtype']}, but round 2 was "
+                                                         f"given {{dtype}} {given}; run round 2 with the {{dtype}} of round 1")
 
     def _check_round1(self, p: str) -> None:
         stream, shard, meta = self.stream, self.shard, self.meta
@@ -114,8 +127,8 @@ class ShardRound(Reduction):
     def first(self, stats, spec, seq_len, dtype, device):
         self._require_windows(stats)
         tensors = {"counts": stats.counts, "context": stats.context, "token_ids": spec.token_ids}
-        save_safetensors_atomic(self.out, tensors, _meta(self.stream, spec, self.shard, 1, stats.n, self.acc.n_windows,
-                                                         self.acc.digest(), self.dtype_name, tensors))
+        save_safetensors_atomic(self.out, tensors, seal(tensors, _meta(self.stream, spec, self.shard, 1, stats.n,
+                                                                       self.acc.n_windows, self.acc.digest(), self.dtype_name)))
         return None
 
     def second(self, stats, comp, dtype, device):
@@ -125,9 +138,9 @@ class ShardRound(Reduction):
                 f"shard {i}/{N} of this corpus is not what round 1 read (its windows' digest differs from the one in {self.pass2}): "
                 "the corpus was rewritten after round 1; run both rounds on the same corpus")
         tensors = {"key_query": stats.key_query, "position": stats.position, "token_ids": comp.spec.token_ids}
-        m = _meta(self.stream, comp.spec, self.shard, 2, stats.n, self.acc.n_windows, digest, meta["dtype"], tensors)
-        m.update(checksum=json.dumps(list(comp.checksum)), pass2_digest=meta["tensor_digests_id"])
-        save_safetensors_atomic(self.out, tensors, m)
+        m = _meta(self.stream, comp.spec, self.shard, 2, stats.n, self.acc.n_windows, digest, meta["dtype"])
+        m.update(checksum=json.dumps(list(comp.checksum)), pass2_digest=meta[SEAL])
+        save_safetensors_atomic(self.out, tensors, seal(tensors, m))
         return None
 
 
@@ -139,10 +152,18 @@ def shard_pass1(stream, token_ids, shard: tuple[int, int], out: str | os.PathLik
     return Path(out)
 
 
-def shard_pass2(stream, pass2_input: str | os.PathLike, shard: tuple[int, int], out: str | os.PathLike) -> Path:
+def shard_pass2(stream, pass2_input: str | os.PathLike, shard: tuple[int, int], out: str | os.PathLike, *,
+                token_ids=None, mode: str | None = None, dtype=None) -> Path:
     """Round 2 for one shard: its pass-2 sums with the merged Ḡ of ``pass2_input``.  The shard's windows must be
-    exactly those of round 1 (checked before anything is written)."""
-    round2 = ShardRound(stream, shard, out, pass2=pass2_input)
+    exactly those of round 1 (checked before anything is written); ``token_ids``, ``mode`` and ``dtype`` need not
+    be given (round 1's are used), but where they are they must be round 1's (the same ids in the same order)."""
+    round2 = ShardRound(stream, shard, out, mode=mode, dtype=dtype, pass2=pass2_input)
+    if token_ids is not None:
+        given = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+        require([int(x) if isinstance(x, int) or hasattr(x, "__index__") else x for x in given]
+                == round2.comp.spec.token_ids.tolist(),
+                f"{pass2_input} was made over other {{token_ids}} (or the same ones in another order) than round 2 was "
+                "given; run round 2 with round 1's {token_ids} file, or without it")
     run_pipeline(stream, round2, dtype=DTYPES[round2.meta["dtype"]], progress=False)
     return Path(out)
 
@@ -167,8 +188,24 @@ def _json(meta: dict, key: str, f: str, check) -> object:
     return v
 
 
-def _common(tensors: dict, meta: dict, f: str, expected_tensors) -> tuple:
-    """Checks shared by every file of a sharded run: spec, dtype, token ids, tensor names and digests."""
+def _common(tensors: dict, meta: dict, f: str, expected_tensors, keys) -> tuple:
+    """Checks shared by every file of a sharded run: the seal (every tensor and every metadata field, only ``keys``
+    allowed), spec, dtype, token ids, tensor names, version, source and tokenizer fields."""
+    check_seal(tensors, meta, f, allowed=keys)
+    require(re.fullmatch(VERSION_RE, meta.get("package_version", "")) is not None,
+            f"{f}: metadata 'package_version' is malformed; the file is damaged or altered: recompute it")
+    src = meta.get("corpus_source", "")
+    require(len(src) <= 4096 and not re.search(r"[\x00-\x1f\x7f]", src),
+            f"{f}: metadata 'corpus_source' is malformed; the file is damaged or altered: recompute it")
+    if meta.get("tokenizer"):
+        from ..tokenization import TOKENIZER_KINDS, record_size
+        try:
+            rec = json.loads(meta["tokenizer"])
+            record_size(meta["tokenizer"])
+            ok = isinstance(rec, dict) and rec.get("kind") in TOKENIZER_KINDS and bool(rec.get("name"))
+        except (ValueError, LeadTermError, KeyError, TypeError, AttributeError):
+            ok = False
+        require(ok, f"{f}: metadata 'tokenizer' is malformed; the file is damaged or altered: recompute it")
     V = _int(meta, "vocab_size", f, 2, MAX_VOCAB)
     T = _int(meta, "seq_len", f, 2)
     mode, dname = meta.get("mode"), meta.get("dtype")
@@ -177,8 +214,6 @@ def _common(tensors: dict, meta: dict, f: str, expected_tensors) -> tuple:
     names = sorted(tensors)
     require(names == sorted(expected_tensors), f"{f} holds tensors {names}, expected {sorted(expected_tensors)}; "
                                                "the file is damaged or altered: recompute it")
-    require("tensor_digests" in meta, f"{f} records no tensor digests (written by an older version?); recompute it")
-    check_tensor_digests(tensors, meta["tensor_digests"], f)
     ids = tensors["token_ids"]
     require(ids.dtype == torch.int64 and ids.dim() == 1 and 1 <= ids.numel() <= V
             and bool(((ids >= 0) & (ids < V)).all()) and ids.unique().numel() == ids.numel(),
@@ -198,7 +233,7 @@ def _check_shard_file(tensors: dict, meta: dict, f: str, rnd: int) -> dict:
                                                 f"{meta.get('format')!r}); write it with 'basis --shard I/N --stats-out'")
     require(meta.get("round") == str(rnd), f"{f} is a round-{meta.get('round')} shard file, but this merge needs round {rnd} "
                                            f"({'pass-1 statistics' if rnd == 1 else 'pass-2 sums made with --pass2'})")
-    V, T, mode, dname, ids, W = _common(tensors, meta, f, TENSORS[rnd])
+    V, T, mode, dname, ids, W = _common(tensors, meta, f, TENSORS[rnd], META_KEYS[rnd])
     m = re.fullmatch(r"([0-9]{1,9})/([0-9]{1,9})", meta.get("shard", ""))
     require(m is not None and int(m.group(1)) < int(m.group(2)),
             f"{f}: metadata 'shard' is {meta.get('shard')!r}, not I/N with 0 <= I < N; recompute it")
@@ -285,9 +320,13 @@ def merge_pass1(files: list, out: str | os.PathLike) -> Path:
     meta.update({"format": PASS2_FORMAT, "n": str(comp.n), "checksum": json.dumps(list(comp.checksum)),
                  "shards": str(len(shards)), "digests": json.dumps([m["digest"] for _, m, _, _ in shards]),
                  "ns": json.dumps([r["n"] for *_, r in shards]), "windows": json.dumps([r["windows"] for *_, r in shards]),
-                 "package_version": __version__, "tensor_digests": tensor_digests(tensors)})
-    save_safetensors_atomic(out, tensors, meta)
+                 "package_version": __version__})
+    save_safetensors_atomic(out, tensors, seal(tensors, meta))
     return Path(out)
+
+
+#: the metadata keys of the merged round-1 file besides its seal
+PASS2_KEYS = (*SHARED, "corpus_source", "format", "n", "checksum", "shards", "digests", "ns", "windows", "package_version")
 
 
 def load_pass2_input(path) -> tuple[Compositions, dict]:
@@ -297,7 +336,7 @@ def load_pass2_input(path) -> tuple[Compositions, dict]:
     require(meta.get("format") == PASS2_FORMAT, f"{p} is not a pass-2 input file of this version (format {meta.get('format')!r}); "
                                                 "make it with 'merge --stats' of round-1 shards")
     names = ("centred_value_output", "token_ids", *(f"block.{b}" for b in BLOCKS))
-    V, T, mode, dname, ids, W = _common(tensors, meta, p, names)
+    V, T, mode, dname, ids, W = _common(tensors, meta, p, names, PASS2_KEYS)
     k, n, N = ids.numel(), _int(meta, "n", p, 1), _int(meta, "shards", p, 1, 10**9)
     total = _int(meta, "corpus_windows", p, 1)
     require(tuple(tensors["centred_value_output"].shape) == (W, W) and all(tuple(tensors[f"block.{b}"].shape) == (k, k) for b in BLOCKS),
@@ -310,8 +349,7 @@ def load_pass2_input(path) -> tuple[Compositions, dict]:
             f"{p}: its per-shard positions and windows do not add up to its n={n} and {total} windows; recompute it")
     spec = BasisSpec(V, ids, mode)
     comp = Compositions(spec, T, n, {b: tensors[f"block.{b}"] for b in BLOCKS}, tensors["centred_value_output"], tuple(checksum))
-    meta = dict(meta, digests=json.dumps(digests), tensor_digests_id=hashlib.sha256(meta["tensor_digests"].encode()).hexdigest())
-    return comp, meta
+    return comp, dict(meta, digests=json.dumps(digests))
 
 
 def merge_pass2(pass2_input, files: list) -> Basis:
@@ -328,7 +366,7 @@ def merge_pass2(pass2_input, files: list) -> Basis:
         require(r["N"] == len(digests), f"{f} is shard {r['i']}/{r['N']} but {p} was merged from {len(digests)} shards; "
                                         "run round 2 with the N of round 1")
         require(torch.equal(r["ids"], comp.spec.token_ids), f"{f} was computed over other tokens than {p}; recompute it with --pass2 {p}")
-        require(m["pass2_digest"] == meta["tensor_digests_id"] and tuple(json.loads(m["checksum"])) == comp.checksum,
+        require(m["pass2_digest"] == meta[SEAL] and tuple(json.loads(m["checksum"])) == comp.checksum,
                 f"{f} was made with another pass-2 input than {p}; run round 2 of every shard with the same --pass2 file")
         require(m["digest"] == digests[r["i"]] and r["n"] == ns[r["i"]] and r["windows"] == wins[r["i"]],
                 f"{f} (shard {r['i']}/{r['N']}) was computed from other windows than round 1's shard {r['i']}: the corpus "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -16,11 +17,16 @@ from .._version import __version__
 from ..errors import LeadTermError, require
 from ..io import resolve_device
 from ..params import check
-from ..tensorfiles import check_tensor_digests, load_safetensors, save_safetensors_atomic, tensor_digests
+from ..tensorfiles import VERSION_RE, check_seal, check_tensor_digests, load_safetensors, save_safetensors_atomic, seal
 from ..tokenization import TOKENIZER_KINDS, record_size
 from ..theory import MATRIX_NAMES, TENSOR_NAMES, leading
 
-BASIS_FORMAT = "tl_leadterm.basis/1"
+BASIS_FORMAT = "tl_leadterm.basis/2"
+#: files written before the content digest (:func:`~tl_leadterm.tensorfiles.seal`): they load with a warning
+LEGACY_FORMAT = "tl_leadterm.basis/1"
+_INT = re.compile(r"[0-9]{1,19}")
+_HEX = re.compile(r"[0-9a-f]{0,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -98,6 +104,8 @@ class Basis:
         return out
 
     def to(self, device=None, dtype=None) -> "Basis":
+        """This basis on ``device`` (cpu or an available cuda device, as :meth:`load` takes) and/or in ``dtype``."""
+        device = resolve_device(device) if device is not None else None
         kw = {}
         for name in MATRIX_NAMES + ("position",):
             kw[name] = getattr(self, name).to(device=device, dtype=dtype)
@@ -158,6 +166,10 @@ class Basis:
         return term.coefficient(check("steps", steps), check("lr", lr)) * getattr(self, term.term)
 
     # -- files ---------------------------------------------------------------
+    #: the metadata keys of a basis file (besides its seal), what :meth:`metadata` writes
+    _META_KEYS = ("format", "vocab_size", "seq_len", "n_positions", "k", "mode", "tokenizer", "corpus_fingerprint",
+                  "corpus_source", "package_version", "dtype")
+
     def metadata(self) -> dict[str, str]:
         return {
             "format": BASIS_FORMAT,
@@ -179,29 +191,39 @@ class Basis:
                 f"a basis is saved in float64 or float32, not {self.bigram.dtype}; convert it with basis.to(dtype=torch.float32)")
         tensors = {name: getattr(self, name) for name in MATRIX_NAMES + ("position",)}
         tensors["token_ids"] = self.token_ids.long()
-        meta = self.metadata()
-        meta["tensor_digests"] = tensor_digests(tensors)   # checked on load: swapped/transposed/permuted tensors
-        save_safetensors_atomic(path, tensors, meta)
+        # sealed: a digest of every tensor and one over all the metadata, checked on load
+        save_safetensors_atomic(path, tensors, seal(tensors, self.metadata()))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "Basis":
         """Read and validate a basis file; any problem is a one-line error.
 
-        The content digest of every tensor recorded in the metadata (``tensor_digests``) is checked, so tensors
-        that were swapped, transposed or had their token ids permuted are refused; a file written before
-        digests were recorded loads with a warning.  ``device`` is cpu (default) or an available cuda device.
+        Every metadata field is validated (an allow-list of keys, each of its kind), and the file's seal is
+        checked (:func:`~tl_leadterm.tensorfiles.check_seal`: a digest of every tensor and one over all the
+        metadata), so tensors that were swapped, transposed or had their token ids permuted, and metadata that
+        was edited (``vocab_size``, ``n_positions``, ``mode`` ...), added or removed are refused.  Only a file of
+        the format written before digests (``tl_leadterm.basis/1``) loads without them, with a warning.
+        ``device`` is cpu (default) or an available cuda device.
         """
         dev = resolve_device(device) if device is not None else None   # before reading: a bad device fails at once
         tensors, meta = load_safetensors(path, "basis file")
         p = str(path)
-        require(meta.get("format") == BASIS_FORMAT,
-                f"{p} is not a tl_leadterm basis file (format {meta.get('format')!r}); build one with 'tl-leadterm basis'")
+        fmt = meta.get("format")
+        require(fmt in (BASIS_FORMAT, LEGACY_FORMAT),
+                f"{p} is not a tl_leadterm basis file (format {fmt!r}); build one with 'tl-leadterm basis'")
+        if fmt == BASIS_FORMAT:
+            check_seal(tensors, meta, f"basis file {p}", allowed=cls._META_KEYS)
         missing = [n for n in TENSOR_NAMES if n not in tensors]
         require(not missing, f"basis file {p} lacks tensors {', '.join(missing)}; rebuild it with 'tl-leadterm basis'")
-        try:
-            V, T, n, k = (int(meta[key]) for key in ("vocab_size", "seq_len", "n_positions", "k"))
-        except (KeyError, ValueError):
-            raise LeadTermError(f"basis file {p} has missing or malformed metadata; rebuild it with 'tl-leadterm basis'") from None
+        require(all(isinstance(meta.get(key), str) and _INT.fullmatch(meta[key]) for key in ("vocab_size", "seq_len", "n_positions", "k")),
+                f"basis file {p} has missing or malformed metadata (vocab_size, seq_len, n_positions, k must be whole "
+                "numbers); rebuild it with 'tl-leadterm basis'")
+        V, T, n, k = (int(meta[key]) for key in ("vocab_size", "seq_len", "n_positions", "k"))
+        fp, src, ver = meta.get("corpus_fingerprint", ""), meta.get("corpus_source", ""), meta.get("package_version", "")
+        require(_HEX.fullmatch(fp) is not None, f"basis file {p}: metadata 'corpus_fingerprint' is malformed; rebuild it")
+        require(len(src) <= 4096 and not _CONTROL.search(src), f"basis file {p}: metadata 'corpus_source' is malformed; rebuild it")
+        require(ver == "" and fmt == LEGACY_FORMAT or re.fullmatch(VERSION_RE, ver) is not None,
+                f"basis file {p}: metadata 'package_version' is malformed; rebuild it")
         require(V >= 2 and T >= 2 and n >= 1 and 1 <= k <= V,
                 f"basis file {p} has inconsistent metadata (vocab_size={V}, seq_len={T}, n_positions={n}, k={k}); rebuild it")
         tok_json = meta.get("tokenizer") or None
@@ -227,16 +249,20 @@ class Basis:
         require(tuple(tensors["position"].shape) == (T,), f"basis file {p}: position has shape {tuple(tensors['position'].shape)}, expected ({T},); rebuild it")
         require(meta.get("mode") in ("exact", "merge-other"), f"basis file {p}: unknown mode {meta.get('mode')!r}; rebuild it")
         dt = tensors["bigram"].dtype
+        require(meta.get("dtype", str(dt).replace("torch.", "") if fmt == LEGACY_FORMAT else None) == str(dt).replace("torch.", ""),
+                f"basis file {p}: metadata 'dtype' is {meta.get('dtype')!r} but its tensors are {str(dt).replace('torch.', '')}; rebuild it")
         for name in MATRIX_NAMES + ("position",):
             require(tensors[name].dtype == dt and dt in (torch.float64, torch.float32),
                     f"basis file {p}: {name} has dtype {tensors[name].dtype}, expected float64 or float32 like bigram; rebuild it")
             require(bool(torch.isfinite(tensors[name]).all()), f"basis file {p}: {name} holds non-finite values; rebuild it")
-        if "tensor_digests" in meta:
-            check_tensor_digests(tensors, meta["tensor_digests"], f"basis file {p}")
-        else:
-            warnings.warn(f"basis file {p} was written before tensor digests were recorded (package version "
-                          f"{meta.get('package_version', '?')}): its tensors cannot be checked against swapping or "
-                          "permutation; rebuild it to add them", stacklevel=2)
+        if fmt == LEGACY_FORMAT:
+            extra = sorted(set(meta) - set(cls._META_KEYS) - {"tensor_digests"})
+            require(not extra, f"basis file {p} has unknown metadata {', '.join(map(repr, extra[:3]))}; rebuild it")
+            if "tensor_digests" in meta:
+                check_tensor_digests(tensors, meta["tensor_digests"], f"basis file {p}")
+            warnings.warn(f"basis file {p} was written before content digests were recorded (format {LEGACY_FORMAT}): its "
+                          "metadata" + ("" if "tensor_digests" in meta else " and tensors") + " cannot be checked against "
+                          "editing, swapping or permutation; rebuild it to add them", stacklevel=2)
         b = cls(**{name: tensors[name] for name in MATRIX_NAMES + ("position", "token_ids")},
                 vocab_size=V, seq_len=T, n_positions=n, mode=meta["mode"], tokenizer_json=tok_json,
                 corpus_fingerprint=meta.get("corpus_fingerprint", ""), corpus_source=meta.get("corpus_source", ""),

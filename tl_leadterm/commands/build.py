@@ -35,7 +35,7 @@ def register(sub) -> None:
                                    "'merge --stats s1_*.safetensors --out g.safetensors'. Round 2: run "
                                    "'basis ... --shard I/N --pass2 g.safetensors --stats-out s2_I.safetensors' for every I, then "
                                    "'merge --pass2 g.safetensors --stats s2_*.safetensors --out basis.safetensors'. Every shard "
-                                   "needs the same --corpus, --seq-len, --token-ids and --mode (exact or merge-other). Under "
+                                   "needs the same --corpus, --seq-len, --token-ids, --mode (exact or merge-other) and --dtype. Under "
                                    "torchrun none of this is needed: 'torchrun --nproc_per_node N --no-python tl-leadterm basis ...'.")
     m.add_argument("--stats", required=True, nargs="+", metavar="FILE", help="every shard's statistics file of one round")
     m.add_argument("--pass2", default=None, metavar="FILE", help="round 2: the round-1 merge's output")
@@ -113,7 +113,7 @@ def _run_shard(args, cfg: BasisConfig, out: Path, token_ids, dtype) -> int:
         shard_pass1(windows, token_ids, shard, out, mode=cfg.mode, dtype=dtype)
         print(f"basis shard {shard[0]}/{shard[1]} round 1 (pass-1 statistics) -> {out}")
     else:
-        shard_pass2(windows, args.pass2, shard, out)
+        shard_pass2(windows, args.pass2, shard, out, token_ids=token_ids, mode=cfg.mode, dtype=dtype)
         print(f"basis shard {shard[0]}/{shard[1]} round 2 (pass-2 sums) -> {out}")
     return 0
 

@@ -29,7 +29,8 @@ def corpus_from_args(args, stream: bool = False):
     require(c.items is None and c.pythia_steps is None or is_token_file(c.source),
             "{items} and {pythia_steps} select items of an indexed dataset (PREFIX.idx + PREFIX.bin); give one as {source}")
     validate_source(c.source, **c.kwargs("seq_len", "tokenizer", "vocab_size", "pack", "max_docs", "word_vocab_size",
-                                         "word_min_count", "encoding", "token_dtype", "items", "pythia_steps"))
+                                         "word_min_count", "encoding", "token_dtype", "items", "pythia_steps",
+                                         "text_column", "split"))
     if stream and is_token_file(c.source) and not str(c.source).endswith(".npy"):
         return open_stream(c.source, **c.kwargs("seq_len", "vocab_size", "tokenizer", "token_dtype", "items",
                                                 "pythia_steps", "max_docs"))
@@ -40,8 +41,9 @@ def corpus_from_args(args, stream: bool = False):
 
 
 def read_token_ids_file(path: str) -> list:
-    p = Path(path)
-    require(p.is_file(), f"--token-ids file {p} not found; give a JSON file holding a list of token ids")
+    from ..io import input_path
+
+    p = input_path(path, "--token-ids file", "give a JSON file holding a list of token ids")
     try:
         ids = json.loads(p.read_text())
     except (OSError, ValueError):

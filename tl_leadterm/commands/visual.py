@@ -26,7 +26,8 @@ def register(sub) -> None:
     r.add_argument("--results", required=True, nargs="+", metavar="DIR", help="results folder(s)")
     r.add_argument("--out", required=True, metavar="FILE.html",
                    help="output HTML file, self-contained; its plots also go to NAME_plots/ beside it (e.g. "
-                        "report.html: report_plots/), which the report owns and replaces")
+                        "report.html: report_plots/): a new report replaces the plots an earlier one wrote there (listed "
+                        "in NAME_plots/.tl_leadterm-report.json) and leaves every other file alone")
     r.add_argument("--title", default="tl_leadterm report")
     r.add_argument("--model", default=None, metavar="MODEL", help="also show attention views of this model (toy:PATH, local dir, hub name)")
     r.add_argument("--basis", default=None, metavar="FILE", help="basis file for --model / --tokens")
@@ -96,7 +97,40 @@ def run_report(args) -> int:
         extra += [("Association explorer", association_view(assoc, t)) for t in dict.fromkeys(assoc["token"])]
     from ..report import build_report
     model_path = args.model[4:] if args.model and args.model.startswith("toy:") else args.model
-    with staged_dir(folder, {name, plots}, inputs=[*args.results, args.basis, model_path], key=name) as stage:
+    inputs = [*args.results, args.basis, model_path]
+    with staged_dir(folder, {name}, inputs=inputs, key=name) as stage:
         build_report(args.results, stage / name, title=args.title, extra_views=extra, plots_dir=stage / plots)
+        commit_plots(stage / plots, folder / plots, inputs, key=name)
     print(f"report: {out}")
     return 0
+
+
+#: the list of the files a report wrote into its plots folder (what the next report of that name may replace)
+PLOTS_MANIFEST = ".tl_leadterm-report.json"
+
+
+def commit_plots(built: Path, plots: Path, inputs, key: str) -> None:
+    """Put the plots of a report (``built``) into its plots folder ``plots`` (a staged commit, file by file): the
+    files the previous report listed in :data:`PLOTS_MANIFEST` are replaced or removed, every other file stays;
+    a new plot whose name is taken by a file the report did not write is refused in one line, nothing changed."""
+    import json
+    import shutil
+
+    from ..io import write_json_atomic
+
+    new = sorted(p.name for p in built.iterdir()) if built.is_dir() else []
+    old: list = []
+    try:
+        rec = json.loads((plots / PLOTS_MANIFEST).read_text(encoding="utf-8"))
+        old = [n for n in rec.get("files", []) if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")]
+    except (OSError, ValueError, AttributeError):
+        pass
+    taken = [n for n in new if n not in old and ((plots / n).exists() or (plots / n).is_symlink())]
+    require(not taken, f"{plots / taken[0]} was not written by a report (it is not in {PLOTS_MANIFEST}), and this report "
+                       "writes a plot of that name; move it away or choose another --out name" if taken else "")
+    if new or old:
+        with staged_dir(plots, {*new, *old, PLOTS_MANIFEST}, inputs=inputs, key=key) as stage:
+            for n in new:
+                (built / n).replace(stage / n)
+            write_json_atomic(stage / PLOTS_MANIFEST, {"files": new})
+    shutil.rmtree(built, ignore_errors=True)      # emptied: the report's own folder in its staging area

@@ -9,6 +9,7 @@ when it cut a dataset stream).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -128,7 +129,7 @@ def _iter_dataset(name: str, text_column: str, split: str, max_docs: int | None)
     else:
         fix = "check the name and the split, and that the Hugging Face hub is reachable, or give a local text file"
     try:
-        with quiet("datasets"):   # its chatter while opening (levels restored)
+        with quiet("datasets", level=logging.CRITICAL):   # its chatter while opening (levels restored)
             if local.is_file():  # one json/jsonl/csv/parquet file
                 ds = datasets.load_dataset(_DATASET_FILE_BUILDERS[local.suffix.lower()], data_files=str(local),
                                            split=split, streaming=True)
@@ -141,8 +142,18 @@ def _iter_dataset(name: str, text_column: str, split: str, max_docs: int | None)
     n = 0
     from tqdm.auto import tqdm
 
+    def rows():   # each row read with the library quiet (it logs its parse errors before raising them), levels
+        it = iter(ds)   # restored while the caller has the document
+        while True:
+            with quiet("datasets", level=logging.CRITICAL):
+                try:
+                    row = next(it)
+                except StopIteration:
+                    return
+            yield row
+
     try:
-        for row in tqdm(ds, desc=f"reading {name}", total=max_docs, unit="doc", leave=False):
+        for row in tqdm(rows(), desc=f"reading {name}", total=max_docs, unit="doc", leave=False):
             if max_docs is not None and n >= max_docs:   # one more document exists: say that the bound cut it
                 warnings.warn(f"dataset {name!r}: read the first {max_docs:,} documents; more remain (max_docs, "
                               "--max-docs, bounds the stream)", stacklevel=3)
@@ -163,6 +174,8 @@ def _iter_dataset(name: str, text_column: str, split: str, max_docs: int | None)
 
 def _short(e: BaseException) -> str:
     """``Type: first line of the message`` (at most 160 characters), for one-line errors."""
+    if isinstance(e, StopIteration):    # raised by the library when a file has no rows
+        return "it holds no rows"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
 
@@ -200,7 +213,10 @@ def document_reader(source: str | os.PathLike) -> str:
         return "builtin"
     if s.startswith("hf:"):
         return "dataset"
-    p = Path(s)
+    from ..io import input_path
+
+    p = input_path(s, "corpus", "give a text file, a folder of .txt files, a .npy array or a dataset name", folder=True,
+                   missing_ok=True)
     if p.is_file():
         return "dataset" if p.suffix.lower() in _DATASET_FILE_BUILDERS else "text"
     if p.is_dir():

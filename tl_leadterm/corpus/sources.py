@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import LeadTermError, require
+from ..io import input_path
 from ..params import check
 from ..tokenization import WordTokenizer, resolve_tokenizer
 from .documents import document_reader, read_documents, text_decoder
@@ -21,25 +22,27 @@ SOURCE_KINDS = ("builtin", "text", "dataset", "windows", "token-file")
 def validate_source(source: str | os.PathLike, *, seq_len: int, tokenizer=None, vocab_size: int | None = None,
                     pack: str = "join", max_docs: int | None = None, word_vocab_size: int | None = None,
                     word_min_count: int = 1, encoding: str = "utf-8", token_dtype: str = "uint16", items=None,
-                    pythia_steps=None) -> str:
+                    pythia_steps=None, text_column: str = "text", split: str = "train") -> str:
     """Check a corpus source and the options given for it without reading the corpus; its kind, one of
     :data:`SOURCE_KINDS` (``"windows"``: a ``.npy`` array of windows; ``"token-file"``: a raw ``.bin`` stream or
     an indexed dataset).
 
     Refused in one line, as :func:`load_corpus` refuses them (it calls this first): parameters out of range, a
     source that does not exist, options that do not apply to the source (``max_docs``, ``pack="cut"`` or the
-    ``"words"`` tokenizer for pre-tokenized data, ``items``/``pythia_steps`` for anything but an indexed dataset,
-    word-tokenizer bounds with another tokenizer), an unknown text ``encoding`` or ``token_dtype``, a missing
+    ``"words"`` tokenizer, its bounds or a text ``encoding`` for pre-tokenized data, ``items``/``pythia_steps`` for
+    anything but an indexed dataset, word-tokenizer bounds with another tokenizer, ``text_column``/``split`` for
+    anything but a dataset, an ``encoding`` for anything but text files), an unknown text ``encoding`` or ``token_dtype``, a missing
     ``vocab_size`` for pre-tokenized data.  Cheap: at most a directory listing and the index header are looked
     at; what only the data can tell (token ids in range, the text's encoding) is checked while reading it.
     """
     return _checked_source(source, seq_len=seq_len, tokenizer=tokenizer, vocab_size=vocab_size, pack=pack,
                            max_docs=max_docs, word_vocab_size=word_vocab_size, word_min_count=word_min_count,
-                           encoding=encoding, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps)[0]
+                           encoding=encoding, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps,
+                           text_column=text_column, split=split)[0]
 
 
 def _checked_source(source, *, seq_len, tokenizer, vocab_size, pack, max_docs, word_vocab_size, word_min_count, encoding,
-                    token_dtype, items, pythia_steps) -> tuple[str, dict]:
+                    token_dtype, items, pythia_steps, text_column="text", split="train") -> tuple[str, dict]:
     """:func:`validate_source`'s kind, and the numeric options as checked (plain ints)."""
     from .streams import is_token_file
     from .tokenfiles import locate_token_file
@@ -62,12 +65,15 @@ def _checked_source(source, *, seq_len, tokenizer, vocab_size, pack, max_docs, w
                                 "items cut on their own); leave {pack} at join")
         require(tokenizer != "words", "the 'words' tokenizer is built from text, but " + s + " is already tokenized; give "
                                       "the {tokenizer} it was tokenized with (or none)")
+        require(word_vocab_size is None and word_min_count == 1, "{word_vocab_size} and {word_min_count} bound the "
+                "'words' vocabulary built from text, but " + s + " is already tokenized; leave them out")
+        require(_is_utf8(encoding), "{encoding} is how text files are decoded, but " + s + " is already tokenized; "
+                                    "leave {encoding} out")
     else:
         require(items is None and pythia_steps is None, "{items} and {pythia_steps} select items of an indexed dataset "
                                                         "(PREFIX.idx + PREFIX.bin); give one as the corpus")
     if s.endswith(".npy"):
-        p = Path(s)
-        require(p.is_file(), f"token file {p} not found; check the path")
+        p = input_path(s, "token file")
         require(vocab_size is not None, f"{p.name} is pre-tokenized: pass {{vocab_size}} (the number of token ids)")
         require(items is None and pythia_steps is None, "{items} and {pythia_steps} apply to indexed datasets, not .npy windows")
         form = "windows"
@@ -77,6 +83,12 @@ def _checked_source(source, *, seq_len, tokenizer, vocab_size, pack, max_docs, w
         form = "token-file"
     else:
         form = document_reader(s)
+    if form != "dataset":
+        require(text_column == "text" and split == "train", "{text_column} and {split} pick a column and a split of a "
+                f"dataset (hf:NAME, .jsonl/.json/.csv/.parquet), but {s} is {_FORM_NAMES.get(form, form)}; leave them out")
+    if form in ("builtin", "dataset"):
+        require(_is_utf8(encoding), "{encoding} is how text files (.txt) are decoded, but " + s + " is "
+                f"{_FORM_NAMES[form]}, read as UTF-8; leave {{encoding}} out")
     if form == "text":
         text_decoder(encoding)
         p = Path(s)
@@ -84,6 +96,19 @@ def _checked_source(source, *, seq_len, tokenizer, vocab_size, pack, max_docs, w
                 f"folder {p} has no .txt files; give a text file, a folder of .txt files, a .npy array or a dataset name")
     return form, {"seq_len": seq_len, "vocab_size": vocab_size, "word_vocab_size": word_vocab_size,
                   "word_min_count": word_min_count, "max_docs": max_docs}
+
+
+_FORM_NAMES = {"builtin": "the embedded corpus", "dataset": "a dataset", "text": "text", "windows": "a .npy array of "
+               "windows", "token-file": "a token file"}
+
+
+def _is_utf8(encoding) -> bool:
+    """Is ``encoding`` a spelling of UTF-8 (the default, which needs no saying)?"""
+    import codecs
+    try:
+        return codecs.lookup(str(encoding)).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, vocab_size: int | None = None,
@@ -107,7 +132,8 @@ def load_corpus(source: str | os.PathLike, *, seq_len: int, tokenizer=None, voca
 
     form, checked = _checked_source(source, seq_len=seq_len, tokenizer=tokenizer, vocab_size=vocab_size, pack=pack,
                                     max_docs=max_docs, word_vocab_size=word_vocab_size, word_min_count=word_min_count,
-                                    encoding=encoding, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps)
+                                    encoding=encoding, token_dtype=token_dtype, items=items, pythia_steps=pythia_steps,
+                                    text_column=text_column, split=split)
     seq_len, vocab_size, max_docs = checked["seq_len"], checked["vocab_size"], checked["max_docs"]
     word_vocab_size, word_min_count = checked["word_vocab_size"], checked["word_min_count"]
     s = str(source)

@@ -136,7 +136,7 @@ def open_stream(source: str | os.PathLike, *, seq_len: int | None, vocab_size: i
                               "select items with {items} or {pythia_steps} instead")
     p = Path(source)
     if p.suffix == ".npy":
-        require(p.is_file(), f"token file {p} not found; check the path")
+        input_path(p, "token file")
         require(items is None and pythia_steps is None, "{items} and {pythia_steps} apply to indexed datasets, not .npy windows")
         file, T = _npy_file(p, check("seq_len", seq_len, optional=True), vocab_size)
     else:

@@ -161,20 +161,26 @@ def locate_token_file(path: str | os.PathLike, *, token_dtype: str = "uint16", i
     ``("indexed", PREFIX, (A, B) or None, "items" | "pythia_steps")`` for an indexed dataset (its ``.bin``
     beside the ``.idx``; Pythia steps turned into items), ``("raw", path, None, None)`` for a raw ``.bin``
     stream (with a known ``token_dtype``); a one-line error otherwise."""
-    p = Path(path)
+    from ..io import input_path
+
+    p = input_path(path, "token file", "give a .bin token stream or an indexed dataset", missing_ok=True)
     prefix = p.with_suffix("") if p.suffix in (".idx", ".bin") else p
-    idx = Path(f"{prefix}.idx")
+    idx = input_path(f"{prefix}.idx", "index file", "an indexed dataset is PREFIX.idx + PREFIX.bin", missing_ok=True)
     items = parse_range(items, "items")
     steps = parse_range(pythia_steps, "pythia_steps")
     require(items is None or steps is None, "give {items} or {pythia_steps}, not both")
     if idx.is_file():
-        require(Path(f"{prefix}.bin").is_file(),
+        require(Path(f"{prefix}.bin").exists(),
                 f"{idx} has no {Path(f'{prefix}.bin')} beside it; an indexed dataset is PREFIX.idx + PREFIX.bin")
+        input_path(f"{prefix}.bin", "token file", "an indexed dataset is PREFIX.idx + PREFIX.bin")
+        require(token_dtype == "uint16", f"{{token_dtype}} is the dtype of a raw .bin stream, but {idx} records its own; "
+                                         "leave {token_dtype} out")
         return ("indexed", prefix, items if steps is None else (steps[0] * PYTHIA_BATCH, steps[1] * PYTHIA_BATCH),
                 "pythia_steps" if steps is not None else "items")
     require(items is None and steps is None, f"{{items}} and {{pythia_steps}} select items of an indexed dataset, but "
                                              f"{idx} does not exist; give PREFIX.idx + PREFIX.bin")
-    require(p.suffix == ".bin" and p.is_file(), f"token file {p} not found; give a .bin token stream or an indexed dataset")
+    require(p.suffix == ".bin", f"token file {p} not found; give a .bin token stream or an indexed dataset")
+    input_path(p, "token file", "give a .bin token stream or an indexed dataset")
     require(token_dtype in TOKEN_DTYPES, f"{{token_dtype}} must be one of {', '.join(TOKEN_DTYPES)}, got {token_dtype!r}")
     return ("raw", p, None, None)
 

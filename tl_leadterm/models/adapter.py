@@ -80,8 +80,14 @@ class ModelAdapter:
         return get_act_name(name, layer, layer_type)
 
     # -- weights -----------------------------------------------------------
+    def _layer(self, layer) -> int:
+        """``layer`` as an index into the model's layers (numpy integers welcome), else a one-line error."""
+        from ..params import index
+
+        return index("layer", layer, self.n_layers, "layers")
+
     def _attn(self, layer: int):
-        require(0 <= layer < self.n_layers, f"layer {layer} out of range [0, {self.n_layers})")
+        layer = self._layer(layer)
         attn = getattr(self.model.blocks[layer], "attn", None)
         if attn is None or getattr(attn, "W_Q", None) is None:
             raise LeadTermError(f"block {layer} of {self.name or 'the model'} has no attention weights (W_Q); "
@@ -245,6 +251,9 @@ class ModelAdapter:
         ``attn_in`` is exactly what W_Q multiplies only when ``folded`` (else it is LayerNorm's
         normalised input before its weight and bias).
         """
+        from ..params import check
+
+        batch_size = check("batch_size", batch_size)
         ids = self._check_ids(token_ids)
         L = self.n_layers
         hook = [{w: self.act_name(w, l) for w in ("resid_pre", "resid_mid", "resid_post", "attn_out")}

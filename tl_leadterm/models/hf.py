@@ -58,7 +58,7 @@ class HFNeoXAdapter(ModelAdapter):
         return t.unflatten(-1, (self.n_heads, 3, self.d_head))
 
     def _qkv(self, layer: int, which: int) -> Tensor:
-        w = self.model.gpt_neox.layers[layer].attention.query_key_value.weight.detach()   # [3 d, d]
+        w = self.model.gpt_neox.layers[self._layer(layer)].attention.query_key_value.weight.detach()   # [3 d, d]
         return self._by_head(w.T)[:, :, which].permute(1, 0, 2)
 
     def W_Q(self, layer: int) -> Float[Tensor, "n_heads d_model d_head"]:
@@ -71,11 +71,11 @@ class HFNeoXAdapter(ModelAdapter):
         return self._qkv(layer, 2)
 
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
-        w = self.model.gpt_neox.layers[layer].attention.dense.weight.detach()              # [d, d]: out x (head, d_head)
+        w = self.model.gpt_neox.layers[self._layer(layer)].attention.dense.weight.detach()  # [d, d]: out x (head, d_head)
         return w.T.reshape(self.n_heads, self.d_head, self.d_model)
 
     def _qkv_bias(self, layer: int, which: int) -> Tensor:
-        b = self.model.gpt_neox.layers[layer].attention.query_key_value.bias
+        b = self.model.gpt_neox.layers[self._layer(layer)].attention.query_key_value.bias
         if b is None:
             return torch.zeros(self.n_heads, self.d_head, dtype=self.dtype)
         return self._by_head(b.detach())[:, which]
@@ -90,7 +90,7 @@ class HFNeoXAdapter(ModelAdapter):
         return self._qkv_bias(layer, 2)
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
-        b = self.model.gpt_neox.layers[layer].attention.dense.bias
+        b = self.model.gpt_neox.layers[self._layer(layer)].attention.dense.bias
         return torch.zeros(self.d_model, dtype=self.dtype) if b is None else b.detach()
 
     @property
@@ -110,6 +110,9 @@ class HFNeoXAdapter(ModelAdapter):
     def token_representations(self, token_ids: Sequence[int] | Tensor, batch_size: int = 1024
                               ) -> dict[str, list[Float[Tensor, "k d_model"]]]:
         """``{"resid_pre": [k x d_model per layer]}`` from the model's hidden states (each token run alone)."""
+        from ..params import check
+
+        batch_size = check("batch_size", batch_size)
         ids = self._check_ids(token_ids)
         per_layer = [[] for _ in range(self.n_layers)]
         with torch.no_grad():

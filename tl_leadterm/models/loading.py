@@ -158,10 +158,12 @@ def _folded_copy(model, name: str):
 
 def _load_toy(path: str) -> ModelAdapter:
     from ..toy import ToyTransformer
-    p = Path(path)
+    from ..io import input_path
+
+    hint = "give toy:PATH with PATH a toy.safetensors file or a folder holding one"
+    p = input_path(path, "toy model", hint, folder=True)
     if p.is_dir():
-        p = p / "toy.safetensors"
-    require(p.is_file(), f"toy model {path} not found; give toy:PATH with PATH a toy.safetensors file or a folder holding one")
+        p = input_path(p / "toy.safetensors", "toy model", hint)
     model = ToyTransformer.load(p)
     return adapt(model, f"toy:{path}")
 
@@ -240,7 +242,9 @@ def load_model(spec, revision: str | None = None, *, device: str | torch.device 
     if not use_bridge:
         require(HookedTransformer is not None,
                 f"backend='hooked' needs HookedTransformer, which TransformerLens {tl_version()} removed; use backend='bridge' (or auto)")
-    p = Path(s)
+    from ..io import input_path
+
+    p = input_path(s, "model", "give a Hugging Face model folder or a hub name", folder=True, missing_ok=True)
     if p.exists() and not p.is_dir():
         raise LeadTermError(f"{s} is a file, not a model directory; give a Hugging Face model folder, a hub name, or toy:{s} for a toy model")
     if p.is_dir():

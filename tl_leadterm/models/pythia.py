@@ -44,9 +44,22 @@ def _hf_tokenizer(tokenizer):
 
     if isinstance(tokenizer, Tokenizer):
         return tokenizer.to_hf()
-    tf = Path(tokenizer)
-    require(tf.is_file(), f"tokenizer file {tf} not found; give the Pythia tokenizer.json (e.g. ../shared/data/gpt-neox-20b-tokenizer.json)")
+    from ..io import input_path
+
+    tf = input_path(tokenizer, "tokenizer file", "give the Pythia tokenizer.json (e.g. ../shared/data/gpt-neox-20b-tokenizer.json)")
     return PreTrainedTokenizerFast(tokenizer_file=str(tf), eos_token="<|endoftext|>", pad_token="<|padding|>")
+
+
+def _check_shape(n_layers, d_model, n_heads, seed, **more) -> tuple:
+    """The numbers of a Pythia-architecture model as plain ints (numpy integers welcome), in one line each when
+    wrong (``d_model`` a multiple of ``n_heads``): ``(n_layers, d_model, n_heads, seed, *more values)``."""
+    from ..params import check
+
+    n_layers, d_model = check("n_layers", n_layers, key="layers"), check("d_model", d_model, key="length")
+    n_heads, seed = check("n_heads", n_heads, key="length"), check("seed", seed)
+    require(d_model % n_heads == 0, f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+    keys = {"vocab_size": "vocab_size", "n_ctx": "length", "d_mlp": "length"}
+    return (n_layers, d_model, n_heads, seed, *(check(k, v, key=keys[k], optional=k == "d_mlp") for k, v in more.items()))
 
 
 def save_random_pythia(out_dir: str | os.PathLike, tokenizer_file, n_layers: int = 2,
@@ -61,6 +74,8 @@ def save_random_pythia(out_dir: str | os.PathLike, tokenizer_file, n_layers: int
     """
     from transformers import GPTNeoXForCausalLM
 
+    n_layers, d_model, n_heads, seed, vocab_size, n_ctx, d_mlp = _check_shape(
+        n_layers, d_model, n_heads, seed, vocab_size=vocab_size, n_ctx=n_ctx, d_mlp=d_mlp)
     tok = _hf_tokenizer(tokenizer_file)
     cfg = pythia_config(vocab_size, n_layers, d_model, n_heads, d_mlp=d_mlp, n_ctx=n_ctx, parallel=parallel,
                         eos_id=tok.eos_token_id or 0)
@@ -93,7 +108,12 @@ def train_pythia(windows: Windows, out_dir: str | os.PathLike, *, steps: int, n_
 
     from ..io import resolve_device
 
+    from ..params import check
+
+    steps, lr = check("steps", steps), check("lr", lr)
     require(steps >= 1, f"{{steps}} must be >= 1 (got {steps})")
+    batch_size, warmup = check("batch_size", batch_size), check("warmup", warmup, key="step")
+    n_layers, d_model, n_heads, seed = _check_shape(n_layers, d_model, n_heads, seed)
     tokenizer = tokenizer if tokenizer is not None else windows.tokenizer
     require(tokenizer is not None, "the windows carry no tokenizer; pass tokenizer= (saved with every checkpoint)")
     out = Path(out_dir)

@@ -39,6 +39,7 @@ from torch import Tensor
 from ..analysis.measures import offset_projection
 from ..basis import Basis
 from ..errors import require
+from ..params import check
 from .views import CVView
 
 OUTSIDE_MARK = "†"
@@ -83,7 +84,8 @@ def fit_residual(model_scores: Float[Tensor, "q k"], lead_scores: Float[Tensor, 
 
 
 def predicted_pattern(lead_scores: Float[Tensor, "q k"], scale: float) -> Float[Tensor, "q k"]:
-    """``softmax_k(scale · L[t, k])`` over the causal keys (zeros above the diagonal)."""
+    """``softmax_k(scale · L[t, k])`` over the causal keys (zeros above the diagonal); ``scale`` a finite number."""
+    scale = check("scale", scale)
     L = lead_scores.double()
     mask = torch.isfinite(L)
     Z = torch.where(mask, scale * torch.where(mask, L, torch.zeros((), dtype=L.dtype)), torch.full_like(L, float("-inf")))
@@ -175,7 +177,14 @@ class AttentionComparison:
 
 def _tokenize(tokenizer, text) -> list[int]:
     if not isinstance(text, str):
-        return torch.as_tensor(text, dtype=torch.long).reshape(-1).tolist()
+        try:
+            ids = torch.as_tensor(text).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            ids = None
+        require(ids is not None and (ids.numel() == 0 or not (ids.is_floating_point() or ids.is_complex()
+                                                              or ids.dtype == torch.bool)),
+                f"token ids must be integers, got {type(text).__name__} {str(text)[:40]}; give a text or a list of token ids")
+        return ids.long().tolist()
     require(tokenizer is not None, "the model has no tokenizer; pass token ids instead of text")
     return list(tokenizer.encode(text))
 

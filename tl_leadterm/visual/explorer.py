@@ -12,32 +12,46 @@ product ``V.l·W_O``) and the *residual* of each weight beyond its leading term,
 
 from __future__ import annotations
 
+import numbers
+import unicodedata
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..analysis.measures import centre_rows, projection
 from ..basis import Basis
 from ..errors import LeadTermError, require
+from ..params import check
 from ..theory import MATRIX_NAMES, TERMS, leading
 from .views import CVView
 
 
 def resolve_token(basis: Basis, token) -> int:
-    """The basis index of ``token``: a string (exact, then stripped/lower-cased match) or an id;
-    a one-line error names close matches."""
+    """The basis index of ``token``: a string (exact, then NFC-normalised, stripped and lower-cased matches, so
+    a word typed in NFD or NFC finds the same token, as the word tokenizer normalises text to NFC) or a token id
+    (an integer, numpy's too); a one-line error names close matches."""
     strs = basis.token_strs()
-    if isinstance(token, int):
-        i = int(basis.index_of([token])[0])
+    if _is_id(token):
+        i = int(basis.index_of([int(token)])[0])
         require(i >= 0, f"token id {token} is not one of the basis' {basis.k} tokens; choose a more frequent token")
         return i
-    for cand in (token, token.strip(), " " + token.strip(), token.strip().lower(), " " + token.strip().lower()):
-        if cand in strs:
-            return strs.index(cand)
-    near = [s for s in strs if token.strip().lower() in s.lower()][:5]
+    require(isinstance(token, str), f"{{tokens}} must hold token strings or token ids, got {token!r}")
+    if token in strs:
+        return strs.index(token)
+    nfc = [unicodedata.normalize("NFC", s) for s in strs]
+    t = unicodedata.normalize("NFC", token).strip()
+    for cand in (t, " " + t, t.lower(), " " + t.lower()):
+        if cand in nfc:
+            return nfc.index(cand)
+    near = [s for s, n in zip(strs, nfc) if t.lower() in n.lower()][:5]
     raise LeadTermError(f"token {token!r} is not one of the basis' {basis.k} tokens"
                         + (f" (close: {', '.join(map(repr, near))})" if near else "") + "; choose a token from the basis")
+
+
+def _is_id(token) -> bool:
+    return isinstance(token, numbers.Integral) and not isinstance(token, (bool, np.bool_))
 
 
 def _residual(A: Tensor, B: Tensor) -> Tensor:
@@ -113,15 +127,25 @@ def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: 
     leading term (ranked by ``|value|``; the others by value): for the toy model its weights, for any
     other model each layer's head-averaged OV and QK circuits on the basis tokens.  B̄'s pairs never seen
     tie at its centring constant −P(token)/|V|; they are dropped, not shown as negative associates.
+    ``tokens``: strings or token ids (:func:`resolve_token`), each basis token once; ``top``: associates per
+    source (>= 1).
     """
     import pandas as pd
 
-    require(top >= 1, f"top must be >= 1 (got {top})")
+    top = check("top", top, key="top_associates")
+    require(not isinstance(tokens, (str, bytes)) and hasattr(tokens, "__iter__"),
+            f"{{tokens}} must be a list of tokens, e.g. ['bird', 'fish'], got {tokens!r}")
+    picked = [resolve_token(basis, tok) for tok in tokens]
+    require(len(picked) > 0, "{tokens} is empty; give at least one token, e.g. ['bird']")
     strs = basis.token_strs()
+    first: dict[int, object] = {}
+    for tok, i in zip(tokens, picked):
+        require(i not in first, f"{{tokens}} names basis token {strs[i]!r} twice ({first.get(i)!r} and {tok!r}); "
+                                "give each token once")
+        first[i] = tok
     srcs = association_sources(basis, model)
     rows = []
-    for tok in tokens:
-        i = resolve_token(basis, tok)
+    for i in picked:
         for src, (A, desc) in srcs.items():
             row = A(i) if callable(A) else A[i]
             key = row.abs() if src.startswith("residual") else row
@@ -173,7 +197,8 @@ def association_view(df, token: str) -> CVView:
 def residual_view(fit, strs: list[str], title: str, *, n_tokens: int = 10) -> CVView:
     """circuitsvis ``ColoredTokensMulti`` of a residual's top singular directions (:class:`~tl_leadterm.analysis.ResidualFit`):
     the tokens that weigh most in each left (row) and right (column) singular vector, one value set per vector
-    (scaled to max |value| = 1)."""
+    (scaled to max |value| = 1).  ``n_tokens`` (>= 1) tokens per vector."""
+    n_tokens = check("n_tokens", n_tokens)
     require(len(fit.singular) > 0, f"{title}: the residual has no singular directions (it is zero)")
     picks: list[int] = []
     sets = []
