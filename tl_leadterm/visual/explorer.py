@@ -135,6 +135,7 @@ def associations(basis: Basis, tokens: Sequence[str | int], *, model=None, top: 
     top = check("top", top, key="top_associates")
     require(not isinstance(tokens, (str, bytes)) and hasattr(tokens, "__iter__"),
             f"{{tokens}} must be a list of tokens, e.g. ['bird', 'fish'], got {tokens!r}")
+    tokens = list(tokens)    # a generator is read once
     picked = [resolve_token(basis, tok) for tok in tokens]
     require(len(picked) > 0, "{tokens} is empty; give at least one token, e.g. ['bird']")
     strs = basis.token_strs()
