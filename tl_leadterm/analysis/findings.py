@@ -108,6 +108,11 @@ def _p(x: float) -> str:
     return "below 1e-15" if x < 1e-15 else f"{x:.2g}"
 
 
+def _peq(x: float) -> str:
+    """``p = 0.04`` or ``p < 1e-15``."""
+    return "p < 1e-15" if x < 1e-15 else f"p = {x:.2g}"
+
+
 def _head(r) -> str:
     return f"L{int(r['layer'])}H{int(r['head'])}"
 
@@ -184,8 +189,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out.update(tested=tested, above_chance=int(len(up)), expected_by_chance=expected, count_p=count_p,
                    at_checkpoints=", ".join(f"{c}: {counts[c]}/{n_heads}" for c in order if counts[c]) or "none")
         lead = (f"{what.capitalize()} at {site}: {len(up)} of {tested} head-checkpoint pairs pass the 95th percentile of "
-                f"random heads read through the same geometry ({expected:.1f} expected by chance, binomial p = "
-                f"{_p(count_p)})")
+                f"random heads read through the same geometry ({expected:.1f} expected by chance, binomial "
+                f"{_peq(count_p)})")
         b, w = _standouts(g)
         top = up.sort_values(["null_z", "signed_cosine"], ascending=False, kind="stable").head(1)
         bz = float(top["null_z"].iloc[0]) if len(top) else nan
@@ -216,7 +221,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                          f"{target} beyond chance.")
         elif anti_p < ALPHA:
             sentence += (f" {len(anti)} pairs are anti-aligned (percentile <= 0.05; {expected:.1f} expected by chance, "
-                         f"p = {_p(anti_p)}): more than chance gives.")
+                         f"{_peq(anti_p)}): more than chance gives.")
         elif len(anti):
             sentence += f" {len(anti)} pairs are anti-aligned (percentile <= 0.05), about as many as chance gives."
         out.update(anti_aligned=int(len(anti)), anti_count_p=anti_p, most_anti=most_anti, sentence=sentence)
