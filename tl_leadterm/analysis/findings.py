@@ -117,17 +117,17 @@ def _head(r) -> str:
     return f"L{int(r['layer'])}H{int(r['head'])}"
 
 
-def _standouts(g: pd.DataFrame):
-    """``(best, most_anti)`` rows of a :func:`~tl_leadterm.analysis.rank_heads` group with nulls: the above-chance
-    head farthest above its null and the anti-aligned one farthest below, each only when it stands out family-wise
-    among the group's pairs (``family_p`` < 0.05); else ``None``."""
-    g = g[g["percentile"].notna()]
-    n = len(g)
+def _extremes(g: pd.DataFrame):
+    """``(top, bottom)`` rows of a :func:`~tl_leadterm.analysis.rank_heads` group with nulls: the above-chance head
+    farthest above its null and the anti-aligned one farthest below (``None`` where there is none).  Either is
+    named only when it stands out family-wise: ``family_p(row.null_z, len(g)) < ALPHA``."""
     up = g[g["above_chance"]].sort_values(["null_z", "signed_cosine"], ascending=False, kind="stable")
     anti = g[g["anti_aligned"] & (g["signed_cosine"] < 0)].sort_values(["null_z", "signed_cosine"], kind="stable")
-    best = up.iloc[0] if len(up) and family_p(float(up["null_z"].iloc[0]), n) < ALPHA else None
-    worst = anti.iloc[0] if len(anti) and family_p(float(anti["null_z"].iloc[0]), n) < ALPHA else None
-    return best, worst
+    return (up.iloc[0] if len(up) else None), (anti.iloc[0] if len(anti) else None)
+
+
+def _stands_out(row, n: int) -> bool:
+    return row is not None and family_p(float(row["null_z"]), n) < ALPHA
 
 
 def featured(df: pd.DataFrame, site: str = "circuit_ov", lens: str = "weights") -> list[tuple[str, pd.Series]]:
@@ -137,8 +137,8 @@ def featured(df: pd.DataFrame, site: str = "circuit_ov", lens: str = "weights") 
     cannot be told from chance)."""
     r = rank_heads(df)
     g = r[(r["lens"] == lens) & (r["site"] == site)]
-    best, worst = _standouts(g)
-    return [(what, x) for what, x in (("best", best), ("most anti-aligned", worst)) if x is not None]
+    g = g[g["percentile"].notna()]
+    return [(what, x) for what, x in zip(("best", "most anti-aligned"), _extremes(g)) if _stands_out(x, len(g))]
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -191,10 +191,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         lead = (f"{what.capitalize()} at {site}: {len(up)} of {tested} head-checkpoint pairs pass the 95th percentile of "
                 f"random heads read through the same geometry ({expected:.1f} expected by chance, binomial "
                 f"{_peq(count_p)})")
-        b, w = _standouts(g)
-        top = up.sort_values(["null_z", "signed_cosine"], ascending=False, kind="stable").head(1)
-        bz = float(top["null_z"].iloc[0]) if len(top) else nan
-        bp = family_p(bz, tested) if len(top) else nan
+        top, bottom = _extremes(g)
+        bz = float(top["null_z"]) if top is not None else nan
+        bp = family_p(bz, tested) if top is not None else nan
+        b = top if _stands_out(top, tested) else None
+        w = bottom if _stands_out(bottom, tested) else None
         if b is not None:
             out.update(best=_head(b), best_checkpoint=b["checkpoint"], best_signed_cosine=float(b["signed_cosine"]),
                        best_percentile=float(b["percentile"]), best_z=bz, best_family_p=bp)
